@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv/ when it is missing or
+# older than pyproject.toml / constraints.txt, install the toolkit into it in editable mode with the
+# pinned versions of constraints.txt, then run.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo venv lab clean
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check --quiet -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,35 @@
+"""An open geospatial toolkit for image-to-image translation on real rasters, in the arcgis.learn style.
+
+    from toolkit import export_training_data
+    export_training_data("scene.tif", "chips", in_class_data="footprints.geojson", tile_size=256)
+
+Heavy parts (torch, fastai) are imported only when first used, so ``import toolkit`` is quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "export_training_data": "toolkit.export",
+    "ExportSummary": "toolkit.export",
+    "datasets": "toolkit.datasets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        value = module if module.__name__.endswith(name) else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

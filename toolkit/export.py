@@ -1,0 +1,577 @@
+"""GeoTIFFs and vector files -> the chip folders of ArcGIS Pro's "Export Training Data For Deep Learning".
+
+:func:`export_training_data` cuts a raster into chips on a regular grid and writes them, with the
+matching chips of a second raster (``images2/``, the pix2pix target) or a class mask rasterized
+from polygons (``labels/``), in Esri's layout (see :mod:`toolkit.esri`). Each chip is a GeoTIFF
+(or PNG) carrying the CRS and the transform of its window, plus a world file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+from toolkit import esri
+from toolkit._fs import atomic_folder, check_output_folder
+from toolkit.raster import AlignedReader, Grid, open_raster, write_raster
+from toolkit.stats import BandStatistics, band_validity
+
+__all__ = ["ExportSummary", "export_training_data", "tile_offsets"]
+
+_VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".zip"}
+_RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".mrf"}
+# Display colours for classes in the .emd (tab10).
+_PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+            [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
+_PNG_DTYPES = {np.dtype("uint8"), np.dtype("uint16")}
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export_training_data` wrote."""
+
+    out_folder: Path
+    metadata_format: str
+    num_chips: int
+    chip_size: tuple[int, int]  # (width, height) of the written chips
+    images: list[Path]
+    images2: list[Path] = field(default_factory=list)
+    labels: list[Path] = field(default_factory=list)
+    classes: list[dict] = field(default_factory=list)  # [{"Value", "Name", "Color"}]
+    skipped: int = 0  # tiles left out: all nodata, or below min_valid_fraction
+
+    def __repr__(self) -> str:
+        parts = [f"{self.num_chips} chips of {self.chip_size[0]}x{self.chip_size[1]} px",
+                 self.metadata_format, f"in {self.out_folder}"]
+        if self.images2:
+            parts.append("with images2/")
+        if self.labels:
+            names = ", ".join(f"{c['Value']}={c['Name']}" for c in self.classes)
+            parts.append(f"with labels/ (classes {names})")
+        if self.skipped:
+            parts.append(f"{self.skipped} tiles skipped")
+        return f"ExportSummary({'; '.join(parts)})"
+
+
+def tile_offsets(size: int, tile: int, stride: int, edge: str) -> list[int]:
+    """Pixel offsets of the tiles along one axis of ``size`` pixels.
+
+    ``edge="trim"`` keeps only whole tiles (the remainder is dropped); ``edge="pad"`` adds tiles
+    until every pixel is covered, the last one reaching past the edge.
+    """
+    if tile > size:
+        raise ValueError(f"tile size {tile} px is larger than the raster ({size} px).")
+    if edge == "trim":
+        n = (size - tile) // stride + 1
+    else:
+        n = -(-(size - tile) // stride) + 1
+    return [i * stride for i in range(n)]
+
+
+def export_training_data(
+    in_raster: str | os.PathLike,
+    out_folder: str | os.PathLike,
+    *,
+    additional_input_raster: str | os.PathLike | None = None,
+    in_class_data: str | os.PathLike | gpd.GeoDataFrame | None = None,
+    metadata_format: str | None = None,
+    tile_size: int | tuple[int, int] = 256,
+    stride: int | tuple[int, int] | None = None,
+    class_value_field: str | None = None,
+    contour_width: int = 0,
+    contour_value: int | None = None,
+    resize_to: int | tuple[int, int] | None = None,
+    edge: str = "trim",
+    image_format: str = "tif",
+    min_valid_fraction: float = 0.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportSummary:
+    """Cut ``in_raster`` into training chips in Esri's layout.
+
+    Args:
+        in_raster: the input image (any GDAL raster; any band count; uint8, uint16, int16 or
+            float bands). Its pixel grid defines the chips.
+        out_folder: folder to create. It must not hold files unless ``overwrite=True``. The export
+            is written to a temporary folder beside it and moved into place at the end, so a
+            failed export leaves nothing behind.
+        additional_input_raster: a second raster (the pix2pix target) read on ``in_raster``'s grid
+            (reprojected and resampled bilinearly when its CRS, resolution or extent differ) and
+            written to ``images2/`` under the same chip names. Metadata format ``Export_Tiles``.
+        in_class_data: polygons (a GeoJSON, GeoPackage, Shapefile... path, or a GeoDataFrame),
+            reprojected to the raster's CRS and rasterized on each chip's grid, or a single-band
+            integer class raster (nearest-neighbour on the input's grid). Written to ``labels/``:
+            class values, background 0. Metadata format ``Classified_Tiles``.
+        metadata_format: ``"Export_Tiles"`` or ``"Classified_Tiles"``; by default inferred from
+            the inputs above.
+        tile_size: chip size in input pixels, ``n`` or ``(width, height)``.
+        stride: step between chips; defaults to ``tile_size`` (no overlap).
+        class_value_field: attribute holding each polygon's integer class value (> 0);
+            without it every polygon is class 1.
+        contour_width: when > 0, each polygon's outer contour (found with OpenCV) is drawn back
+            onto the label, ``contour_width`` pixels wide inside the polygon, with
+            ``contour_value``, so building boundaries weigh more in training. The footprint
+            extent (label > 0) is unchanged.
+        contour_value: label value of the contour pixels; default one more than the largest
+            class value, listed as a class named ``"boundary"``.
+        resize_to: resize every written chip to ``n`` or ``(width, height)`` pixels (bilinear for
+            images, nodata-aware; polygons are rasterized directly on the resized grid; class
+            rasters nearest); the chip transform is scaled to match.
+        edge: ``"trim"`` drops the partial last row/column of tiles; ``"pad"`` keeps it, padded
+            with nodata.
+        image_format: ``"tif"`` (GeoTIFF + .tfw) or ``"png"`` (PNG + .pgw + .aux.xml; uint8 or
+            uint16 bands only).
+        min_valid_fraction: skip chips whose share of valid (not nodata) pixels is below this;
+            chips that are entirely nodata are always skipped.
+        overwrite: replace ``out_folder`` if it already holds files.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`ExportSummary` with the chip count and the written paths.
+    """
+    tile = _pair(tile_size, "tile_size")
+    step = _pair(stride, "stride") if stride is not None else tile
+    out_size = _pair(resize_to, "resize_to") if resize_to is not None else tile
+    if edge not in ("trim", "pad"):
+        raise ValueError(f"edge must be 'trim' or 'pad', got {edge!r}.")
+    if image_format not in esri.IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {sorted(esri.IMAGE_FORMATS)}, got {image_format!r}.")
+    if not 0.0 <= min_valid_fraction <= 1.0:
+        raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}.")
+    if int(contour_width) != contour_width or contour_width < 0:
+        raise ValueError(f"contour_width must be a whole number of pixels >= 0, got {contour_width}.")
+    metadata_format = _metadata_format(metadata_format, additional_input_raster, in_class_data)
+    out_folder = check_output_folder(out_folder, overwrite=overwrite)
+    chip_ext, driver, world_ext = esri.IMAGE_FORMATS[image_format]
+
+    with ExitStack() as stack:
+        ds = open_raster(in_raster, "in_raster")
+        grid = Grid.of(ds)
+        image = AlignedReader(ds, grid, role="in_raster", resampling=Resampling.nearest)
+        stack.callback(image.close)
+        readers = [image]
+        image2 = None
+        if additional_input_raster is not None:
+            image2 = AlignedReader(open_raster(additional_input_raster, "additional_input_raster"),
+                                   grid, role="additional_input_raster",
+                                   resampling=Resampling.bilinear)
+            stack.callback(image2.close)
+            readers.append(image2)
+        labels = None
+        if in_class_data is not None:
+            labels = _label_source(in_class_data, grid, class_value_field, contour_width,
+                                   contour_value, stack)
+        if image_format == "png":
+            for reader in readers:
+                if reader.dtype not in _PNG_DTYPES:
+                    raise ValueError(f"{reader.role} {reader.ds.name}: PNG chips hold uint8 or "
+                                     f"uint16 bands, not {reader.dtype}; use image_format='tif'.")
+        cols = tile_offsets(grid.width, tile[0], step[0], edge)
+        rows = tile_offsets(grid.height, tile[1], step[1], edge)
+
+        summary = ExportSummary(out_folder=out_folder, metadata_format=metadata_format,
+                                num_chips=0, chip_size=out_size, images=[])
+        stats = [BandStatistics(r.count) for r in readers]
+        class_counts: list[np.ndarray] = []  # pixels per label value, one array per chip
+        map_rows: list[list[str]] = []
+        with atomic_folder(out_folder, overwrite=overwrite) as staging:
+            folders = [esri.IMAGES, esri.IMAGES2][:len(readers)]  # one per reader, in order
+            for name in folders + ([esri.LABELS] if labels is not None else []):
+                (staging / name).mkdir()
+            windows = [Window(c, r, tile[0], tile[1]) for r in rows for c in cols]
+            for window in tqdm(windows, desc="Exporting chips", unit="chip", disable=not progress,
+                               leave=False):
+                chips = []
+                valid = np.ones((tile[1], tile[0]), dtype=bool)
+                for reader in readers:
+                    data, covered = reader.read(window)
+                    band_valid = band_validity(data, reader.nodata) & covered
+                    valid &= band_valid.any(axis=0)
+                    chips.append((reader, data, band_valid))
+                fraction = valid.mean()
+                if fraction == 0 or fraction < min_valid_fraction:
+                    summary.skipped += 1
+                    continue
+                transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
+                if out_size != tile:
+                    transform = transform @ Affine.scale(tile[0] / out_size[0], tile[1] / out_size[1])
+                    chips = [(r, *_resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
+                name = esri.chip_name(summary.num_chips, chip_ext)
+                row_paths = []
+                for folder, (reader, data, band_valid), st in zip(folders, chips, stats):
+                    _write_chip(staging / folder / name, data, transform, grid.crs, reader.nodata,
+                                driver, world_ext)
+                    st.update(data, band_valid)
+                    row_paths.append(f"{folder}/{name}")
+                if labels is not None:
+                    label = labels.chip(window, transform, out_size)
+                    _write_chip(staging / esri.LABELS / name, label, transform, grid.crs, None,
+                                driver, world_ext)
+                    class_counts.append(np.bincount(label.ravel()))
+                    row_paths.append(f"{esri.LABELS}/{name}")
+                map_rows.append(row_paths)
+                summary.num_chips += 1
+
+            if summary.num_chips == 0:
+                raise ValueError(
+                    f"in_raster {ds.name}: no chip has enough valid pixels (min_valid_fraction="
+                    f"{min_valid_fraction}); every tile of {tile[0]}x{tile[1]} px is nodata."
+                )
+            classes = labels.classes(class_counts) if labels is not None else []
+            _write_metadata(staging, metadata_format=metadata_format, map_rows=map_rows,
+                            out_size=out_size, readers=readers, stats=stats, classes=classes,
+                            class_counts=class_counts,
+                            cell_size=(abs(grid.transform.a) * tile[0] / out_size[0],
+                                       abs(grid.transform.e) * tile[1] / out_size[1]))
+
+    names = [esri.chip_name(i, chip_ext) for i in range(summary.num_chips)]
+    summary.images = [out_folder / esri.IMAGES / n for n in names]
+    if image2 is not None:
+        summary.images2 = [out_folder / esri.IMAGES2 / n for n in names]
+    if labels is not None:
+        summary.labels = [out_folder / esri.LABELS / n for n in names]
+    summary.classes = classes
+    return summary
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (value, value)
+    if (not isinstance(value, Sequence) or len(value) != 2
+            or not all(isinstance(v, (int, np.integer)) and v > 0 for v in value)):
+        raise ValueError(f"{name} must be a positive integer or a (width, height) pair, got {value!r}.")
+    return int(value[0]), int(value[1])
+
+
+def _metadata_format(requested, additional_input_raster, in_class_data) -> str:
+    inferred = esri.CLASSIFIED_TILES if in_class_data is not None else esri.EXPORT_TILES
+    if requested is None:
+        return inferred
+    if requested not in esri.METADATA_FORMATS:
+        raise ValueError(f"metadata_format must be one of {esri.METADATA_FORMATS}, got {requested!r}.")
+    if requested == esri.CLASSIFIED_TILES and in_class_data is None:
+        raise ValueError("metadata_format='Classified_Tiles' needs in_class_data (polygons or a class raster).")
+    if requested == esri.EXPORT_TILES and in_class_data is not None:
+        raise ValueError("metadata_format='Export_Tiles' writes no labels; drop in_class_data or use "
+                         "'Classified_Tiles'.")
+    return requested
+
+
+def _write_chip(path: Path, data: np.ndarray, transform: Affine, crs, nodata, driver: str,
+                world_ext: str) -> None:
+    write_raster(path, data, transform=transform, crs=crs, nodata=nodata, driver=driver)
+    esri.write_world_file(esri.world_file_path(path, world_ext), transform)
+
+
+def _resize_image(data: np.ndarray, band_valid: np.ndarray, size: tuple[int, int],
+                  fill) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear resize that ignores nodata: each band is resized as (value x valid) / valid."""
+    out = np.empty((data.shape[0], size[1], size[0]), dtype=data.dtype)
+    out_valid = np.empty(out.shape, dtype=bool)
+    integer = np.issubdtype(data.dtype, np.integer)
+    for b in range(data.shape[0]):
+        weight = cv2.resize(band_valid[b].astype(np.float64), size, interpolation=cv2.INTER_LINEAR)
+        values = cv2.resize(np.where(band_valid[b], data[b], 0).astype(np.float64), size,
+                            interpolation=cv2.INTER_LINEAR)
+        ok = weight >= 0.5
+        values = values / np.where(ok, weight, 1.0)
+        if integer:
+            info = np.iinfo(data.dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        out[b] = np.where(ok, values, fill)
+        out_valid[b] = ok
+    return out, out_valid
+
+
+def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, contour_value,
+                  stack: ExitStack):
+    if isinstance(in_class_data, gpd.GeoDataFrame):
+        return _VectorLabels(in_class_data, "GeoDataFrame", grid, class_value_field,
+                             contour_width, contour_value)
+    path = Path(in_class_data)
+    if not path.exists():
+        raise FileNotFoundError(f"in_class_data {path}: no such file.")
+    suffix = path.suffix.lower()
+    if suffix in _RASTER_SUFFIXES or (suffix not in _VECTOR_SUFFIXES and _is_raster(path)):
+        if class_value_field is not None:
+            raise ValueError(f"in_class_data {path} is a class raster; class_value_field applies "
+                             "to polygons only.")
+        if contour_width:
+            raise ValueError(f"in_class_data {path} is a class raster; contour reinforcement "
+                             "draws polygon outlines, so pass the polygons as a vector file.")
+        labels = _RasterLabels(path, grid)
+        stack.callback(labels.reader.close)
+        return labels
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as err:  # pyogrio raises several types; all mean "not a vector file"
+        raise ValueError(f"in_class_data {path}: not a vector file that can be read ({err}).") from err
+    return _VectorLabels(gdf, str(path), grid, class_value_field, contour_width, contour_value)
+
+
+def _is_raster(path: Path) -> bool:
+    try:
+        with rasterio.open(path):
+            return True
+    except Exception:
+        return False
+
+
+class _VectorLabels:
+    """Polygons in the raster's CRS, rasterized chip by chip (background 0)."""
+
+    def __init__(self, gdf: gpd.GeoDataFrame, name: str, grid: Grid, class_value_field,
+                 contour_width: int, contour_value) -> None:
+        role = f"in_class_data {name}"
+        if gdf.crs is None:
+            raise ValueError(f"{role}: the vector data has no CRS, so it cannot be placed on the raster.")
+        if grid.crs is None:
+            raise ValueError(f"{role}: the input raster has no CRS, so the polygons cannot be placed on it.")
+        gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+        if class_value_field is None:
+            values = np.ones(len(gdf), dtype=np.int64)
+        else:
+            if class_value_field not in gdf.columns:
+                fields = ", ".join(c for c in gdf.columns if c != gdf.geometry.name)
+                raise ValueError(f"{role}: class_value_field {class_value_field!r} does not exist; "
+                                 f"fields: {fields}.")
+            values = self._class_values(gdf[class_value_field], role, class_value_field)
+        gdf = gdf.to_crs(grid.crs)
+        if len(gdf) == 0 or not _bounds_overlap(gdf.total_bounds, grid.bounds):
+            raise ValueError(f"{role}: no feature overlaps the input raster (raster bounds "
+                             f"{tuple(round(v, 3) for v in grid.bounds)} in {grid.crs.to_string()}).")
+        self.geometries = gdf.geometry.values
+        self.values = values
+        self.tree = shapely.STRtree(self.geometries)
+        self.class_values = sorted(set(values.tolist()))
+        self.contour_width = int(contour_width)
+        self.contour_value = None
+        if self.contour_width:
+            self.contour_value = int(contour_value if contour_value is not None else self.class_values[-1] + 1)
+            if not 0 < self.contour_value <= 65535:
+                raise ValueError(f"contour_value must lie in 1..65535, got {self.contour_value}.")
+        top = max(self.class_values + [self.contour_value or 0])
+        self.dtype = np.uint8 if top <= 255 else np.uint16
+
+    @staticmethod
+    def _class_values(column: pd.Series, role: str, field: str) -> np.ndarray:
+        if column.isna().any():
+            raise ValueError(f"{role}: {int(column.isna().sum())} features have no value in "
+                             f"class_value_field {field!r}.")
+        try:
+            numbers = pd.to_numeric(column).to_numpy(dtype=np.float64)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{role}: class_value_field {field!r} must hold integer class values "
+                             f"> 0 ({err}).") from err
+        if not np.all(numbers == np.round(numbers)) or numbers.min() <= 0 or numbers.max() > 65535:
+            bad = sorted(set(numbers[(numbers != np.round(numbers)) | (numbers <= 0) | (numbers > 65535)]))
+            raise ValueError(f"{role}: class_value_field {field!r} must hold whole numbers in "
+                             f"1..65535 (0 is the background); found {bad[:5]}.")
+        return numbers.astype(np.int64)
+
+    def chip(self, window: Window, transform: Affine, size: tuple[int, int]) -> np.ndarray:
+        """The label chip of ``size`` (width, height) pixels on ``transform``."""
+        width, height = size
+        label = np.zeros((height, width), dtype=self.dtype)
+        bounds = _pixel_box_bounds(transform, 0, 0, width, height)
+        hits = np.sort(self.tree.query(shapely.box(*bounds)))  # keep the file's drawing order
+        if len(hits):
+            shapes = zip(self.geometries[hits], self.values[hits].tolist())
+            rasterio.features.rasterize(shapes, out=label, transform=transform)
+            if self.contour_width:
+                self._draw_contours(label, hits, transform)
+        return label[np.newaxis]
+
+    def _draw_contours(self, label: np.ndarray, hits: np.ndarray, transform: Affine) -> None:
+        height, width = label.shape
+        margin = self.contour_width + 1  # so a polygon cut by the chip edge gets no contour there
+        inverse = ~transform
+        for geom in self.geometries[hits]:
+            if geom.geom_type not in ("Polygon", "MultiPolygon"):
+                continue
+            # Rasterize the polygon alone on the part of the (margin-padded) chip it covers.
+            minx, miny, maxx, maxy = geom.bounds
+            cols, rows = zip(*(inverse @ xy for xy in [(minx, miny), (minx, maxy), (maxx, miny), (maxx, maxy)]))
+            c0 = max(math.floor(min(cols)) - 1, -margin)
+            r0 = max(math.floor(min(rows)) - 1, -margin)
+            c1 = min(math.ceil(max(cols)) + 1, width + margin)
+            r1 = min(math.ceil(max(rows)) + 1, height + margin)
+            if c1 <= c0 or r1 <= r0:
+                continue
+            mask = rasterio.features.rasterize(
+                [(geom, 1)], out_shape=(r1 - r0, c1 - c0),
+                transform=transform @ Affine.translation(c0, r0), dtype=np.uint8)
+            ring = contour_ring(mask, self.contour_width)
+            # Paste the part of the ring that falls inside the chip.
+            rc0, rr0 = max(-c0, 0), max(-r0, 0)
+            rc1, rr1 = min(width - c0, c1 - c0), min(height - r0, r1 - r0)
+            if rc1 <= rc0 or rr1 <= rr0:
+                continue
+            target = label[r0 + rr0:r0 + rr1, c0 + rc0:c0 + rc1]
+            target[ring[rr0:rr1, rc0:rc1]] = self.contour_value
+
+    def classes(self, class_counts: list[np.ndarray]) -> list[dict]:
+        classes = _class_entries(self.class_values)
+        if self.contour_value is not None and self.contour_value not in self.class_values:
+            classes.append({"Value": self.contour_value, "Name": "boundary",
+                            "Color": _PALETTE[len(classes) % len(_PALETTE)]})
+        return classes
+
+
+def contour_ring(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels of its outer contour, as found by OpenCV.
+
+    ``mask`` is a uint8 0/1 array; contours of holes are not drawn. The result lies inside the
+    mask, so drawing it onto a label never grows a footprint.
+    """
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    ring = np.zeros_like(mask)
+    cv2.drawContours(ring, contours, -1, 1, thickness=2 * width - 1)
+    return (ring & mask).astype(bool)
+
+
+class _RasterLabels:
+    """A single-band integer class raster read on the input raster's grid (nearest neighbour)."""
+
+    def __init__(self, path: Path, grid: Grid) -> None:
+        ds = open_raster(path, "in_class_data")
+        if ds.count != 1 or not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+            ds.close()
+            raise ValueError(f"in_class_data {path}: a class raster has one integer band; this one "
+                             f"has {ds.count} band(s) of {ds.dtypes[0]}.")
+        self.reader = AlignedReader(ds, grid, role="in_class_data", resampling=Resampling.nearest)
+
+    def chip(self, window: Window, transform: Affine, size: tuple[int, int]) -> np.ndarray:
+        data, covered = self.reader.read(window)
+        label = np.where(band_validity(data, self.reader.nodata)[0] & covered, data[0], 0)
+        if label.min() < 0 or label.max() > 65535:
+            raise ValueError(f"in_class_data {self.reader.ds.name}: class values must lie in "
+                             f"0..65535; found {label.min()}..{label.max()}.")
+        label = label.astype(np.uint8 if label.max() <= 255 else np.uint16)
+        if (label.shape[1], label.shape[0]) != size:
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+        return label[np.newaxis]
+
+    def classes(self, class_counts: list[np.ndarray]) -> list[dict]:
+        seen = set()
+        for counts in class_counts:
+            seen.update(np.nonzero(counts)[0].tolist())
+        seen.discard(0)
+        return _class_entries(sorted(seen))
+
+
+def _class_entries(values: Sequence[int]) -> list[dict]:
+    return [{"Value": int(v), "Name": str(v), "Color": _PALETTE[i % len(_PALETTE)]}
+            for i, v in enumerate(values)]
+
+
+def _pixel_box_bounds(transform: Affine, col0, row0, col1, row1) -> tuple[float, float, float, float]:
+    xs, ys = zip(*(transform @ xy for xy in [(col0, row0), (col1, row0), (col0, row1), (col1, row1)]))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _bounds_overlap(a, b) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def _write_metadata(folder: Path, *, metadata_format: str, map_rows, out_size, readers, stats,
+                    classes: list[dict], class_counts: list[np.ndarray], cell_size: tuple[float, float]) -> None:
+    """map.txt, esri_accumulated_stats.json, esri_model_definition.emd and stats.txt."""
+    esri.write_map(folder / esri.MAP_FILE, map_rows)
+    num_tiles = len(map_rows)
+    image = readers[0]
+    props = {"RasterCount": len(readers), "SensorName": "", "BandNames": image.band_names}
+    accumulated = {
+        "Version": 1,
+        "NumBands": image.count,
+        "TileSizeX": out_size[0],
+        "TileSizeY": out_size[1],
+        "NumClasses": len(classes),
+        "NumTiles": num_tiles,
+        "OutputFeatures": False,
+        "MetaDataMode": metadata_format,
+        # Cell size of the written chips (after resize_to); all rasters share the input's grid.
+        "MinCellSize": {"x": cell_size[0], "y": cell_size[1]},
+        "MaxCellSize": {"x": cell_size[0], "y": cell_size[1]},
+        "InputRastersProps": props,
+        "Classes": esri.classes_for_stats(classes),
+        "BandStatsState": stats[0].as_band_stats_state(),
+    }
+    if len(readers) > 1:
+        accumulated["NumBands2"] = readers[1].count
+        accumulated["BandStatsState2"] = stats[1].as_band_stats_state()
+    if classes:
+        accumulated["ClassPixelStats"] = _class_pixel_stats(classes, class_counts)
+    esri.write_json(folder / esri.STATS_FILE, accumulated)
+
+    emd = esri.model_definition(
+        tile_size=out_size, band_count=image.count, classes=classes,
+        all_tiles_stats=stats[0].as_all_tiles_stats(image.band_names),
+        all_tiles_stats2=stats[1].as_all_tiles_stats(readers[1].band_names) if len(readers) > 1 else None,
+        input_rasters_props=props,
+    )
+    esri.write_json(folder / esri.EMD_FILE, emd)
+    (folder / esri.STATS_TEXT_FILE).write_text(
+        _stats_text(num_tiles, out_size, readers, stats, classes, accumulated.get("ClassPixelStats")))
+
+
+def _class_pixel_stats(classes: list[dict], class_counts: list[np.ndarray]) -> dict:
+    values = [c["Value"] for c in classes]
+    per_chip = np.zeros((len(class_counts), len(values)), dtype=np.int64)
+    for i, counts in enumerate(class_counts):
+        for j, v in enumerate(values):
+            per_chip[i, j] = counts[v] if v < len(counts) else 0
+    present = per_chip > 0
+    classes_per_image = present.sum(axis=1)
+
+    def summary(x: np.ndarray) -> dict:
+        return {"Min": int(x.min()), "Max": int(x.max()), "Mean": float(x.mean()),
+                "Sum": int(x.sum()), "Count": int(x.size)}
+
+    return {
+        "NumClasses": len(values),
+        "NumImagesTotal": len(class_counts),
+        "NumImagesPerClass": present.sum(axis=0).tolist(),
+        "NumPixelsPerClass": per_chip.sum(axis=0).tolist(),
+        "NumClassesPerImage": summary(classes_per_image),
+        "PixelsPerClass": [summary(per_chip[:, j]) for j in range(len(values))],
+    }
+
+
+def _stats_text(num_tiles, out_size, readers, stats, classes, pixel_stats) -> str:
+    lines = []
+    for folder, reader in zip([esri.IMAGES, esri.IMAGES2], readers):
+        lines.append(f"{folder} = {num_tiles} *{reader.count}*{out_size[1]}*{out_size[0]}")
+    for folder, reader, st in zip([esri.IMAGES, esri.IMAGES2], readers, stats):
+        lines.append(f"{folder} band statistics:")
+        lines.append(f"{'band':<20}{'min':>14}{'max':>14}{'mean':>14}{'std dev':>14}")
+        for b, name in enumerate(reader.band_names):
+            lines.append(f"{name:<20}{st.min[b]:>14.4f}{st.max[b]:>14.4f}{st.mean[b]:>14.4f}{st.std[b]:>14.4f}")
+    if classes:
+        per_image = pixel_stats["NumClassesPerImage"]
+        lines.append(f"classes = {len(classes)}")
+        lines.append(f"classes per image = [min = {per_image['Min']}, mean = {per_image['Mean']:.2f}, "
+                     f"max = {per_image['Max']}]")
+        lines.append(f"{'cls name':<22}{'cls value':<10}{'images':>10}{'pixels':>12}"
+                     f"{'min size':>12}{'mean size':>12}{'max size':>12}")
+        for j, c in enumerate(classes):
+            px = pixel_stats["PixelsPerClass"][j]
+            lines.append(f"{c['Name']:<22}{c['Value']:<10}{pixel_stats['NumImagesPerClass'][j]:>10}"
+                         f"{pixel_stats['NumPixelsPerClass'][j]:>12}{px['Min']:>12.2f}"
+                         f"{px['Mean']:>12.2f}{px['Max']:>12.2f}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,151 @@
+"""Rasters read on a common pixel grid, window by window, and small GeoTIFF/PNG writes.
+
+Every array here is ``(bands, height, width)`` as rasterio returns it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+__all__ = ["Grid", "AlignedReader", "open_raster", "write_raster"]
+
+
+def open_raster(path: str | os.PathLike, role: str) -> rasterio.io.DatasetReader:
+    """Open a raster for reading; errors name the argument (``role``) and the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{role} {path}: no such file.")
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as err:
+        raise ValueError(f"{role} {path}: not a raster GDAL can read ({err}).") from err
+    if any(np.issubdtype(np.dtype(t), np.complexfloating) for t in ds.dtypes):
+        ds.close()
+        raise ValueError(
+            f"{role} {path}: complex bands ({ds.dtypes[0]}) are not supported; convert them to "
+            "amplitude or intensity first."
+        )
+    return ds
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: CRS, affine transform of the pixel corners, width and height."""
+
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, ds) -> Grid:
+        return cls(ds.crs, ds.transform, ds.width, ds.height)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        xs, ys = zip(*(self.transform @ corner for corner in
+                       [(0, 0), (self.width, 0), (0, self.height), (self.width, self.height)]))
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def matches(self, ds) -> bool:
+        """True when ``ds`` has exactly this grid, so no resampling is needed."""
+        return (ds.crs == self.crs and (ds.width, ds.height) == (self.width, self.height)
+                and ds.transform.almost_equals(self.transform, precision=1e-9))
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+class AlignedReader:
+    """Read a raster on a reference grid, window by window.
+
+    When the raster's grid differs from the reference (CRS, resolution or extent), it is read
+    through a :class:`rasterio.vrt.WarpedVRT` with an alpha band, so pixels the source does not
+    cover are known. Windows may reach past the grid's edge; those pixels are filled with the
+    raster's nodata (NaN for floats without nodata, else 0) and reported as not covered.
+    """
+
+    def __init__(self, ds, grid: Grid, *, role: str, resampling: Resampling) -> None:
+        self.ds = ds
+        self.grid = grid
+        self.role = role
+        self.count = ds.count
+        self.dtype = np.dtype(ds.dtypes[0])
+        self.nodata = ds.nodata
+        self.band_names = [d or f"Band_{i + 1}" for i, d in enumerate(ds.descriptions)]
+        if self.nodata is not None:
+            self.fill = self.nodata
+        elif np.issubdtype(self.dtype, np.floating):
+            self.fill = np.nan
+        else:
+            self.fill = 0
+        self._alpha: int | None = None
+        self._source = ds
+        if not grid.matches(ds):
+            name = getattr(ds, "name", role)
+            if ds.crs is None or grid.crs is None:
+                raise ValueError(
+                    f"{role} {name}: lies on another grid than the reference raster and one of "
+                    "them has no CRS, so they cannot be aligned."
+                )
+            bounds = transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
+            if not _overlap(bounds, grid.bounds):
+                raise ValueError(
+                    f"{role} {name}: does not overlap the reference raster (its bounds in "
+                    f"{grid.crs.to_string()}: {tuple(round(v, 3) for v in bounds)}; reference "
+                    f"bounds: {tuple(round(v, 3) for v in grid.bounds)})."
+                )
+            self._source = WarpedVRT(
+                ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=resampling, add_alpha=True,
+            )
+            self._alpha = ds.count + 1
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(data, covered)``: ``(bands, h, w)`` values and a ``(h, w)`` boolean of the
+        pixels the source covers (inside the grid and, for a warped source, inside its footprint).
+        """
+        col, row = int(window.col_off), int(window.row_off)
+        w, h = int(window.width), int(window.height)
+        data = np.full((self.count, h, w), self.fill, dtype=self.dtype)
+        covered = np.zeros((h, w), dtype=bool)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
+        if c1 > c0 and r1 > r0:
+            inner = Window(c0, r0, c1 - c0, r1 - r0)
+            rows, cols = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+            data[:, rows, cols] = self._source.read(list(range(1, self.count + 1)), window=inner)
+            if self._alpha is None:
+                covered[rows, cols] = True
+            else:
+                covered[rows, cols] = self._source.read(self._alpha, window=inner) > 0
+                # The warper writes 0 where the source has no data; use the raster's own fill.
+                data[:, ~covered] = self.fill
+        return data, covered
+
+    def close(self) -> None:
+        if self._source is not self.ds:
+            self._source.close()
+        self.ds.close()
+
+
+def write_raster(path: str | os.PathLike, data: np.ndarray, *, transform: Affine,
+                 crs: CRS | None, nodata: float | None, driver: str = "GTiff") -> None:
+    """Write ``(bands, h, w)`` ``data`` as one raster file carrying ``crs``, ``transform`` and ``nodata``."""
+    bands, height, width = data.shape
+    with rasterio.open(path, "w", driver=driver, width=width, height=height, count=bands,
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data)
