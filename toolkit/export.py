@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from toolkit import esri
 from toolkit._fs import atomic_folder, check_output_folder
-from toolkit.raster import AlignedReader, Grid, open_raster, write_raster
+from toolkit.raster import AlignedReader, Grid, open_raster, streaming_env, write_raster
 from toolkit.stats import BandStatistics, band_validity
 
 __all__ = ["ExportSummary", "export_training_data", "tile_offsets"]
@@ -160,6 +160,7 @@ def export_training_data(
     chip_ext, driver, world_ext = esri.IMAGE_FORMATS[image_format]
 
     with ExitStack() as stack:
+        stack.enter_context(streaming_env())
         ds = open_raster(in_raster, "in_raster")
         grid = Grid.of(ds)
         image = AlignedReader(ds, grid, role="in_raster", resampling=Resampling.nearest)

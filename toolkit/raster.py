@@ -19,7 +19,16 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-__all__ = ["Grid", "AlignedReader", "open_raster", "write_raster"]
+__all__ = ["Grid", "AlignedReader", "open_raster", "streaming_env", "write_raster"]
+
+# GDAL's block cache defaults to 5% of RAM and keeps every block read, so one pass over a large
+# raster would hold up to that much. Windows read row by row need only a row of blocks.
+STREAMING_GDAL_CACHE_BYTES = 64 * 2**20
+
+
+def streaming_env() -> rasterio.Env:
+    """A rasterio environment for one streaming pass: GDAL's block cache capped at 64 MB."""
+    return rasterio.Env(GDAL_CACHEMAX=STREAMING_GDAL_CACHE_BYTES)
 
 
 def open_raster(path: str | os.PathLike, role: str) -> rasterio.io.DatasetReader:
