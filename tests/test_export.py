@@ -364,3 +364,10 @@ def test_a_failure_midway_leaves_the_old_folder_untouched(atlanta, tmp_path, mon
         export_training_data(atlanta["image"], out, tile_size=300, overwrite=True, progress=False)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert no_leftovers(tmp_path, "chips")
+
+
+def test_unknown_resampling_name(rotterdam, tmp_path):
+    out = tmp_path / "out"
+    check_refused(out, ValueError, "resampling", lambda: export_training_data(
+        rotterdam["multispectral_1"], out, additional_input_raster=rotterdam["panchromatic_1"],
+        resampling="smooth", progress=False))

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from toolkit import esri
 from toolkit._fs import atomic_folder, check_output_folder
-from toolkit.raster import AlignedReader, Grid, open_raster, streaming_env, write_raster
+from toolkit.raster import (AlignedReader, Grid, bounds_overlap, open_raster, pixel_bounds,
+                            streaming_env, write_raster)
 from toolkit.stats import BandStatistics, band_validity
 
 __all__ = ["ExportSummary", "export_training_data", "tile_offsets"]
@@ -96,6 +97,7 @@ def export_training_data(
     contour_width: int = 0,
     contour_value: int | None = None,
     resize_to: int | tuple[int, int] | None = None,
+    resampling: str = "bilinear",
     edge: str = "trim",
     image_format: str = "tif",
     min_valid_fraction: float = 0.0,
@@ -111,8 +113,9 @@ def export_training_data(
             is written to a temporary folder beside it and moved into place at the end, so a
             failed export leaves nothing behind.
         additional_input_raster: a second raster (the pix2pix target) read on ``in_raster``'s grid
-            (reprojected and resampled bilinearly when its CRS, resolution or extent differ) and
-            written to ``images2/`` under the same chip names. Metadata format ``Export_Tiles``.
+            (reprojected and resampled with ``resampling`` when its CRS, resolution or extent
+            differ) and written to ``images2/`` under the same chip names. Metadata format
+            ``Export_Tiles``.
         in_class_data: polygons (a GeoJSON, GeoPackage, Shapefile... path, or a GeoDataFrame),
             reprojected to the raster's CRS and rasterized on each chip's grid, or a single-band
             integer class raster (nearest-neighbour on the input's grid). Written to ``labels/``:
@@ -132,6 +135,8 @@ def export_training_data(
         resize_to: resize every written chip to ``n`` or ``(width, height)`` pixels (bilinear for
             images, nodata-aware; polygons are rasterized directly on the resized grid; class
             rasters nearest); the chip transform is scaled to match.
+        resampling: how ``additional_input_raster`` is resampled onto the input's grid: a
+            :class:`rasterio.enums.Resampling` name (``"bilinear"``, ``"cubic"``, ``"average"``...).
         edge: ``"trim"`` drops the partial last row/column of tiles; ``"pad"`` keeps it, padded
             with nodata.
         image_format: ``"tif"`` (GeoTIFF + .tfw) or ``"png"`` (PNG + .pgw + .aux.xml; uint8 or
@@ -161,18 +166,15 @@ def export_training_data(
 
     with ExitStack() as stack:
         stack.enter_context(streaming_env())
-        ds = open_raster(in_raster, "in_raster")
+        ds = stack.enter_context(open_raster(in_raster, "in_raster"))
         grid = Grid.of(ds)
-        image = AlignedReader(ds, grid, role="in_raster", resampling=Resampling.nearest)
-        stack.callback(image.close)
-        readers = [image]
-        image2 = None
+        readers = [AlignedReader(ds, grid, role="in_raster")]
         if additional_input_raster is not None:
-            image2 = AlignedReader(open_raster(additional_input_raster, "additional_input_raster"),
-                                   grid, role="additional_input_raster",
-                                   resampling=Resampling.bilinear)
-            stack.callback(image2.close)
-            readers.append(image2)
+            ds2 = stack.enter_context(open_raster(additional_input_raster, "additional_input_raster"))
+            readers.append(AlignedReader(ds2, grid, role="additional_input_raster",
+                                         resampling=_resampling(resampling)))
+        for reader in readers:
+            stack.callback(reader.close)
         labels = None
         if in_class_data is not None:
             labels = _label_source(in_class_data, grid, class_value_field, contour_width,
@@ -197,14 +199,7 @@ def export_training_data(
             windows = [Window(c, r, tile[0], tile[1]) for r in rows for c in cols]
             for window in tqdm(windows, desc="Exporting chips", unit="chip", disable=not progress,
                                leave=False):
-                chips = []
-                valid = np.ones((tile[1], tile[0]), dtype=bool)
-                for reader in readers:
-                    data, covered = reader.read(window)
-                    band_valid = band_validity(data, reader.nodata) & covered
-                    valid &= band_valid.any(axis=0)
-                    chips.append((reader, data, band_valid))
-                fraction = valid.mean()
+                chips, fraction = _read_tile(readers, window)
                 if fraction == 0 or fraction < min_valid_fraction:
                     summary.skipped += 1
                     continue
@@ -230,8 +225,9 @@ def export_training_data(
 
             if summary.num_chips == 0:
                 raise ValueError(
-                    f"in_raster {ds.name}: no chip has enough valid pixels (min_valid_fraction="
-                    f"{min_valid_fraction}); every tile of {tile[0]}x{tile[1]} px is nodata."
+                    f"in_raster {ds.name}: none of the {len(windows)} tiles of {tile[0]}x{tile[1]} "
+                    f"px has valid (not nodata) pixels, or a share of them of at least "
+                    f"min_valid_fraction={min_valid_fraction}."
                 )
             classes = labels.classes(class_counts) if labels is not None else []
             _write_metadata(staging, metadata_format=metadata_format, map_rows=map_rows,
@@ -242,12 +238,33 @@ def export_training_data(
 
     names = [esri.chip_name(i, chip_ext) for i in range(summary.num_chips)]
     summary.images = [out_folder / esri.IMAGES / n for n in names]
-    if image2 is not None:
+    if additional_input_raster is not None:
         summary.images2 = [out_folder / esri.IMAGES2 / n for n in names]
     if labels is not None:
         summary.labels = [out_folder / esri.LABELS / n for n in names]
     summary.classes = classes
     return summary
+
+
+def _read_tile(readers: list[AlignedReader], window: Window) -> tuple[list, float]:
+    """Read one tile from every raster: ``[(reader, data, band_valid)]`` and the share of pixels
+    that hold data in all of them (a pixel holds data when any of its bands does)."""
+    chips = []
+    valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+    for reader in readers:
+        data, covered = reader.read(window)
+        band_valid = band_validity(data, reader.nodata) & covered
+        valid &= band_valid.any(axis=0)
+        chips.append((reader, data, band_valid))
+    return chips, float(valid.mean())
+
+
+def _resampling(name: str) -> Resampling:
+    try:
+        return Resampling[name]
+    except KeyError:
+        raise ValueError(f"resampling must be a rasterio resampling name such as 'bilinear', "
+                         f"'cubic' or 'average', got {name!r}.") from None
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -315,7 +332,7 @@ def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, c
         if contour_width:
             raise ValueError(f"in_class_data {path} is a class raster; contour reinforcement "
                              "draws polygon outlines, so pass the polygons as a vector file.")
-        labels = _RasterLabels(path, grid)
+        labels = _RasterLabels(stack.enter_context(open_raster(path, "in_class_data")), grid)
         stack.callback(labels.reader.close)
         return labels
     try:
@@ -353,7 +370,7 @@ class _VectorLabels:
                                  f"fields: {fields}.")
             values = self._class_values(gdf[class_value_field], role, class_value_field)
         gdf = gdf.to_crs(grid.crs)
-        if len(gdf) == 0 or not _bounds_overlap(gdf.total_bounds, grid.bounds):
+        if len(gdf) == 0 or not bounds_overlap(gdf.total_bounds, grid.bounds):
             raise ValueError(f"{role}: no feature overlaps the input raster (raster bounds "
                              f"{tuple(round(v, 3) for v in grid.bounds)} in {grid.crs.to_string()}).")
         self.geometries = gdf.geometry.values
@@ -389,7 +406,7 @@ class _VectorLabels:
         """The label chip of ``size`` (width, height) pixels on ``transform``."""
         width, height = size
         label = np.zeros((height, width), dtype=self.dtype)
-        bounds = _pixel_box_bounds(transform, 0, 0, width, height)
+        bounds = pixel_bounds(transform, width, height)
         hits = np.sort(self.tree.query(shapely.box(*bounds)))  # keep the file's drawing order
         if len(hits):
             shapes = zip(self.geometries[hits], self.values[hits].tolist())
@@ -449,12 +466,10 @@ def contour_ring(mask: np.ndarray, width: int) -> np.ndarray:
 class _RasterLabels:
     """A single-band integer class raster read on the input raster's grid (nearest neighbour)."""
 
-    def __init__(self, path: Path, grid: Grid) -> None:
-        ds = open_raster(path, "in_class_data")
+    def __init__(self, ds, grid: Grid) -> None:
         if ds.count != 1 or not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
-            ds.close()
-            raise ValueError(f"in_class_data {path}: a class raster has one integer band; this one "
-                             f"has {ds.count} band(s) of {ds.dtypes[0]}.")
+            raise ValueError(f"in_class_data {ds.name}: a class raster has one integer band; this "
+                             f"one has {ds.count} band(s) of {ds.dtypes[0]}.")
         self.reader = AlignedReader(ds, grid, role="in_class_data", resampling=Resampling.nearest)
 
     def chip(self, window: Window, transform: Affine, size: tuple[int, int]) -> np.ndarray:
@@ -479,15 +494,6 @@ class _RasterLabels:
 def _class_entries(values: Sequence[int]) -> list[dict]:
     return [{"Value": int(v), "Name": str(v), "Color": _PALETTE[i % len(_PALETTE)]}
             for i, v in enumerate(values)]
-
-
-def _pixel_box_bounds(transform: Affine, col0, row0, col1, row1) -> tuple[float, float, float, float]:
-    xs, ys = zip(*(transform @ xy for xy in [(col0, row0), (col1, row0), (col0, row1), (col1, row1)]))
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def _bounds_overlap(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 def _write_metadata(folder: Path, *, metadata_format: str, map_rows, out_size, readers, stats,

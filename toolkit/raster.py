@@ -19,7 +19,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-__all__ = ["Grid", "AlignedReader", "open_raster", "streaming_env", "write_raster"]
+__all__ = ["Grid", "AlignedReader", "bounds_overlap", "open_raster", "pixel_bounds",
+           "streaming_env", "write_raster"]
 
 # GDAL's block cache defaults to 5% of RAM and keeps every block read, so one pass over a large
 # raster would hold up to that much. Windows read row by row need only a row of blocks.
@@ -64,9 +65,7 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        xs, ys = zip(*(self.transform @ corner for corner in
-                       [(0, 0), (self.width, 0), (0, self.height), (self.width, self.height)]))
-        return min(xs), min(ys), max(xs), max(ys)
+        return pixel_bounds(self.transform, self.width, self.height)
 
     def matches(self, ds) -> bool:
         """True when ``ds`` has exactly this grid, so no resampling is needed."""
@@ -74,7 +73,14 @@ class Grid:
                 and ds.transform.almost_equals(self.transform, precision=1e-9))
 
 
-def _overlap(a: tuple, b: tuple) -> bool:
+def pixel_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a ``width`` x ``height`` pixel block on ``transform``."""
+    xs, ys = zip(*(transform @ corner for corner in [(0, 0), (width, 0), (0, height), (width, height)]))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def bounds_overlap(a: tuple, b: tuple) -> bool:
+    """True when two (left, bottom, right, top) boxes share some area."""
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
@@ -85,9 +91,11 @@ class AlignedReader:
     through a :class:`rasterio.vrt.WarpedVRT` with an alpha band, so pixels the source does not
     cover are known. Windows may reach past the grid's edge; those pixels are filled with the
     raster's nodata (NaN for floats without nodata, else 0) and reported as not covered.
+    The caller opens and closes ``ds``.
     """
 
-    def __init__(self, ds, grid: Grid, *, role: str, resampling: Resampling) -> None:
+    def __init__(self, ds, grid: Grid, *, role: str,
+                 resampling: Resampling = Resampling.nearest) -> None:
         self.ds = ds
         self.grid = grid
         self.role = role
@@ -111,7 +119,7 @@ class AlignedReader:
                     "them has no CRS, so they cannot be aligned."
                 )
             bounds = transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
-            if not _overlap(bounds, grid.bounds):
+            if not bounds_overlap(bounds, grid.bounds):
                 raise ValueError(
                     f"{role} {name}: does not overlap the reference raster (its bounds in "
                     f"{grid.crs.to_string()}: {tuple(round(v, 3) for v in bounds)}; reference "
@@ -146,9 +154,9 @@ class AlignedReader:
         return data, covered
 
     def close(self) -> None:
+        """Close the warped view, if any; the dataset itself belongs to the caller."""
         if self._source is not self.ds:
             self._source.close()
-        self.ds.close()
 
 
 def write_raster(path: str | os.PathLike, data: np.ndarray, *, transform: Affine,
