@@ -8,6 +8,7 @@ Deselect them with ``-m "not sample_data"`` to run the rest offline.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -57,3 +58,122 @@ def nebraska() -> dict:
 def solaris_wheel(atlanta) -> str:
     """Path of the verified sample wheel in the cache (fetched by the atlanta fixture)."""
     return os.fspath(datasets.cache_dir() / datasets.WHEEL_NAME)
+
+
+# --- chip folders in every layout, made from the real samples ----------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def atlanta_tiles(atlanta, tmp_path_factory) -> Path:
+    """Classified_Tiles export of Atlanta: 49 chips of 128 px, footprints as class 1."""
+    from toolkit import export_training_data
+
+    out = tmp_path_factory.mktemp("layouts") / "atlanta_tiles"
+    export_training_data(atlanta["image"], out, in_class_data=atlanta["footprints"], tile_size=128,
+                         progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rotterdam_pairs(rotterdam, tmp_path_factory) -> Path:
+    """Export_Tiles of Rotterdam: 4-band multispectral (1 m) -> panchromatic (0.5 m, resampled
+    onto the multispectral grid): 16 pairs of 64 px."""
+    from toolkit import export_training_data
+
+    out = tmp_path_factory.mktemp("layouts") / "rotterdam_pairs"
+    export_training_data(rotterdam["multispectral_1"], out,
+                         additional_input_raster=rotterdam["panchromatic_1"], tile_size=64,
+                         stride=72, progress=False)
+    return out
+
+
+def _atlanta_rgb_windows(atlanta, size, offsets):
+    """Atlanta panchromatic chips stretched to uint8 and repeated as 3 bands, with their windows'
+    transforms and footprint masks (real imagery, real labels)."""
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+    import rasterio.features
+    from rasterio.windows import Window
+
+    footprints = gpd.read_file(atlanta["footprints"])
+    out = []
+    with rasterio.open(atlanta["image"]) as src:
+        for col, row in offsets:
+            window = Window(col, row, size, size)
+            pan = src.read(1, window=window).astype(float)
+            gray = np.clip((pan - 54) / (1200 - 54) * 255, 0, 255).astype(np.uint8)
+            transform = src.window_transform(window)
+            mask = rasterio.features.rasterize(((g, 1) for g in footprints.geometry), out_shape=(size, size),
+                                               transform=transform, dtype=np.uint8)
+            out.append((np.stack([gray] * 3), mask, transform, src.crs))
+    return out
+
+
+@pytest.fixture(scope="session")
+def arcgis_imitation(atlanta, tmp_path_factory) -> Path:
+    """A folder like a real ArcGIS Pro Classified_Tiles export, metadata byte for byte
+    (tests/fixtures/esri_formats: CRLF, backslashes, unsorted map.txt with a repeated line,
+    template .emd, classes 1 and 2), with 400 px RGB chips for the 19 names map.txt lists."""
+    import shutil
+
+    from toolkit import esri
+    from toolkit.raster import write_raster
+
+    out = tmp_path_factory.mktemp("layouts") / "arcgis_export"
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    for name in ("map.txt", "esri_model_definition.emd", "esri_accumulated_stats.json", "stats.txt"):
+        shutil.copy(FIXTURES / "esri_formats" / name, out / name)
+    names = sorted({Path(row[0]).name for row in esri.read_map(out / "map.txt")})
+    offsets = [((37 * i) % 500, (53 * i) % 500) for i in range(len(names))]
+    for name, (rgb, mask, transform, crs) in zip(names, _atlanta_rgb_windows(atlanta, 400, offsets)):
+        write_raster(out / "images" / name, rgb, transform=transform, crs=crs, nodata=None)
+        # ArcGIS's classes here: 1 = ground (most pixels), 2 = building
+        write_raster(out / "labels" / name, (mask + 1)[None], transform=transform, crs=crs, nodata=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def side_by_side(atlanta, tmp_path_factory) -> Path:
+    """The pix2pix research layout ("maps"): JPEGs holding A (aerial) | B (map) side by side in
+    train/ and val/."""
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("layouts") / "maps"
+    offsets = [((61 * i) % 770, (89 * i) % 770) for i in range(10)]
+    for i, (rgb, mask, _, _) in enumerate(_atlanta_rgb_windows(atlanta, 128, offsets)):
+        # B: a map rendering: white ground, orange buildings
+        b = np.where(mask[None] > 0, np.array([230, 150, 60])[:, None, None], 255).astype(np.uint8)
+        pair = np.concatenate([rgb, b], axis=2)
+        folder = out / ("val" if i >= 8 else "train")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.moveaxis(pair, 0, -1)).save(folder / f"{i + 1}.jpg", quality=95)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hand_made(rotterdam, tmp_path_factory) -> Path:
+    """The older hand-made layout Images/train_a (RGB PNG) + Images/train_b (4-band float32 SAR
+    GeoTIFF with NaN outside the swath), 64 px chips of the Rotterdam SpaceNet 6 sample."""
+    import numpy as np
+    import rasterio
+    from PIL import Image
+    from rasterio.windows import Window
+
+    from toolkit.raster import write_raster
+
+    out = tmp_path_factory.mktemp("layouts") / "hand_made"
+    a, b = out / "Images" / "train_a", out / "Images" / "train_b"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    with rasterio.open(rotterdam["rgb"]) as rgb, rasterio.open(rotterdam["sar"]) as sar:
+        for i, (col, row) in enumerate((c, r) for r in range(0, 192, 64) for c in range(0, 192, 64)):
+            window = Window(col, row, 64, 64)
+            Image.fromarray(np.moveaxis(rgb.read(window=window), 0, -1)).save(a / f"tile_{i}.png")
+            write_raster(b / f"tile_{i}.tif", sar.read(window=window),
+                         transform=sar.window_transform(window), crs=sar.crs, nodata=None)
+    return out

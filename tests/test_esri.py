@@ -1,4 +1,4 @@
-"""toolkit.esri against real files written by ArcGIS Pro (tests/data/esri_formats)."""
+"""toolkit.esri against real files written by ArcGIS Pro (tests/fixtures/esri_formats)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from affine import Affine
 
 from toolkit import esri
 
-FORMATS = Path(__file__).parent / "data" / "esri_formats"
+FORMATS = Path(__file__).parent / "fixtures" / "esri_formats"
 
 
 def test_read_map_of_a_real_arcgis_export():

@@ -1,7 +1,8 @@
 """An open geospatial toolkit for image-to-image translation on real rasters, in the arcgis.learn style.
 
-    from toolkit import export_training_data
+    from toolkit import export_training_data, prepare_data
     export_training_data("scene.tif", "chips", in_class_data="footprints.geojson", tile_size=256)
+    data = prepare_data("chips", batch_size=8)
 
 Heavy parts (torch, fastai) are imported only when first used, so ``import toolkit`` is quick.
 """
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "export_training_data": "toolkit.export",
     "ExportSummary": "toolkit.export",
+    "prepare_data": "toolkit.data",
     "datasets": "toolkit.datasets",
 }
 

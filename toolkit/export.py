@@ -27,6 +27,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from toolkit import esri
+from toolkit._args import size_pair
 from toolkit._fs import atomic_folder, check_output_folder
 from toolkit.raster import (AlignedReader, Grid, bounds_overlap, open_raster, pixel_bounds,
                             streaming_env, write_raster)
@@ -149,9 +150,9 @@ def export_training_data(
     Returns:
         An :class:`ExportSummary` with the chip count and the written paths.
     """
-    tile = _pair(tile_size, "tile_size")
-    step = _pair(stride, "stride") if stride is not None else tile
-    out_size = _pair(resize_to, "resize_to") if resize_to is not None else tile
+    tile = size_pair(tile_size, "tile_size")
+    step = size_pair(stride, "stride") if stride is not None else tile
+    out_size = size_pair(resize_to, "resize_to") if resize_to is not None else tile
     if edge not in ("trim", "pad"):
         raise ValueError(f"edge must be 'trim' or 'pad', got {edge!r}.")
     if image_format not in esri.IMAGE_FORMATS:
@@ -265,15 +266,6 @@ def _resampling(name: str) -> Resampling:
     except KeyError:
         raise ValueError(f"resampling must be a rasterio resampling name such as 'bilinear', "
                          f"'cubic' or 'average', got {name!r}.") from None
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        value = (value, value)
-    if (not isinstance(value, Sequence) or len(value) != 2
-            or not all(isinstance(v, (int, np.integer)) and v > 0 for v in value)):
-        raise ValueError(f"{name} must be a positive integer or a (width, height) pair, got {value!r}.")
-    return int(value[0]), int(value[1])
 
 
 def _metadata_format(requested, additional_input_raster, in_class_data) -> str:

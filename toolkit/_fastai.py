@@ -1,0 +1,16 @@
+"""Importing fastai without its warnings about torch APIs that fastai itself uses."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def quiet_import() -> Iterator[None]:
+    """fastai 2.8 decorates functions with ``torch.jit.script``, which torch 2.14 deprecates; the
+    FutureWarning says nothing a user of this toolkit can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        yield
