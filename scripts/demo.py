@@ -1,7 +1,8 @@
 """`make demo`: the building-footprint workflow on the real SpaceNet Atlanta sample.
 
 Writes to demo_output/ (or the folder given as the first argument). So far: fetch the sample,
-export training chips with contour-reinforced footprint labels, and report what was written.
+export training chips with contour-reinforced footprint labels, load them with prepare_data,
+draw show_batch.png, and report what was written.
 Training, prediction and vectorizing follow as the toolkit grows.
 """
 
@@ -12,7 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from toolkit import datasets, export_training_data
+import matplotlib
+
+matplotlib.use("Agg")  # the demo writes figures to files
+
+from toolkit import datasets, export_training_data, prepare_data  # noqa: E402
 
 
 def main(out: Path) -> None:
@@ -36,9 +41,14 @@ def main(out: Path) -> None:
     for c, pixels in zip(summary.classes, stats["ClassPixelStats"]["NumPixelsPerClass"]):
         print(f"  class {c['Value']} ({c['Name']}): {pixels} pixels")
 
+    print("\nLoading the chips with prepare_data...")
+    data = prepare_data(summary.out_folder, batch_size=8)
+    print(f"  {data}")
+    data.show_batch(rows=4).savefig(out / "show_batch.png", dpi=80)
+
     print("\nWrote:")
-    for path in sorted(summary.out_folder.iterdir()):
-        detail = f"{len(list(path.iterdir()))} files" if path.is_dir() else f"{path.stat().st_size} bytes"
+    for path in sorted(out.iterdir()):
+        detail = f"{len(list(path.iterdir()))} entries" if path.is_dir() else f"{path.stat().st_size} bytes"
         print(f"  {path}  ({detail})")
     print(f"\nDone in {time.perf_counter() - start:.1f} s.")
 

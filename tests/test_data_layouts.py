@@ -9,7 +9,7 @@ import pytest
 import rasterio
 
 from toolkit.data import CLASSIFIED_TILES, PIX2PIX, index_folder
-from toolkit.data.chips import read_header
+from toolkit.data.chips import ChipHeader, _tiff_header, read_header
 from toolkit.raster import write_raster
 
 
@@ -148,3 +148,13 @@ def test_chips_of_different_sizes(atlanta_tiles, tmp_path):
     write_raster(odd, np.pad(data, ((0, 0), (0, 8), (0, 8))), transform=transform, crs=crs, nodata=0)
     with pytest.raises(ValueError, match=r"000000005\.tif: 1 band\(s\) of 136x136 px, but .* 128x128 px"):
         index_folder(folder)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "float32", "float64"])
+@pytest.mark.parametrize("options", [{}, {"BIGTIFF": "YES"}, {"ENDIANNESS": "BIG", "TILED": "YES"}])
+def test_tiff_header_parser_agrees_with_gdal(dtype, options, tmp_path):
+    path = tmp_path / "chip.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=48, height=40, count=5, dtype=dtype,
+                       crs="EPSG:32616", transform=rasterio.Affine(0.5, 0, 0, 0, -0.5, 0), **options) as dst:
+        dst.write(np.ones((5, 40, 48), dtype=dtype))
+    assert _tiff_header(path) == read_header(path) == ChipHeader(5, 40, 48, dtype)  # fast path, no GDAL

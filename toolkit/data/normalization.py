@@ -66,8 +66,14 @@ class BandNorm:
 
     def normalize(self, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """``(bands, h, w)`` band values -> float32 in [-1, 1]; pixels not ``valid`` become 0."""
-        low, high = self.low[:, None, None], self.high[:, None, None]
-        out = ((data - low) / (high - low) * 2.0 - 1.0).clip(-1.0, 1.0).astype(np.float32)
+        # float32, in place: this runs for every chip of every epoch
+        low = self.low.astype(np.float32)[:, None, None]
+        scale = (2.0 / (self.high - self.low)).astype(np.float32)[:, None, None]
+        out = data.astype(np.float32)
+        out -= low
+        out *= scale
+        out -= 1.0
+        np.clip(out, -1.0, 1.0, out=out)
         if valid is not None:
             out[~valid] = 0.0
         return out
