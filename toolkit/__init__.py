@@ -18,6 +18,7 @@ _EXPORTS = {
     "export_training_data": "toolkit.export",
     "ExportSummary": "toolkit.export",
     "prepare_data": "toolkit.data",
+    "Pix2Pix": "toolkit.models",
     "datasets": "toolkit.datasets",
 }
 

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 @contextmanager
 def quiet_import() -> Iterator[None]:
-    """fastai 2.8 decorates functions with ``torch.jit.script``, which torch 2.14 deprecates; the
-    FutureWarning says nothing a user of this toolkit can act on."""
+    """fastai 2.8 decorates functions with ``torch.jit.script``, which torch 2.14 deprecates, and
+    sets a pandas option that pandas 3 deprecates; neither warning says anything a user of this
+    toolkit can act on."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*mode.chained_assignment.*")
         yield

@@ -1,0 +1,187 @@
+"""The pix2pix networks (Isola et al. 2017): U-Net generator and 70x70 PatchGAN discriminator.
+
+Both follow the reference code's defaults (DESIGN section 4), with two changes that let them take
+any chip: any number of input and output bands, and a generator depth chosen from the chip size
+(bottleneck at least 2x2, so BatchNorm works at batch size 1), with sides that are not a multiple
+of 2**depth padded (reflect) and the output cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PatchDiscriminator", "UNetGenerator", "backbone_generator", "init_weights",
+           "unet_depth", "SUPPORTED_BACKBONES"]
+
+SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def unet_depth(chip_size: int | tuple[int, int], max_depth: int = 8) -> int:
+    """Downsamplings for a chip: as many as keep the bottleneck at least 2x2, at most 8 (the
+    paper's 256 px generator has 8 and a 1x1 bottleneck)."""
+    side = min(chip_size) if isinstance(chip_size, (tuple, list)) else chip_size
+    if side < 8:
+        raise ValueError(f"chips of {side} px are too small for a U-Net; use 8 px or more.")
+    return max(2, min(max_depth, int(math.floor(math.log2(side))) - 1))
+
+
+def _norm_layer(norm: str):
+    if norm == "batch":
+        return lambda c: nn.BatchNorm2d(c)
+    if norm == "instance":
+        return lambda c: nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+    raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}.")
+
+
+class _SkipBlock(nn.Module):
+    """One U-Net level: down, the inner levels, up; its input is concatenated to its output."""
+
+    def __init__(self, outer: int, inner: int, in_channels: int | None = None,
+                 submodule: nn.Module | None = None, outermost: bool = False,
+                 innermost: bool = False, norm: str = "batch", dropout: bool = False) -> None:
+        super().__init__()
+        self.outermost = outermost
+        make_norm = _norm_layer(norm)
+        bias = norm == "instance"  # BatchNorm has its own shift
+        in_channels = outer if in_channels is None else in_channels
+        down_conv = nn.Conv2d(in_channels, inner, 4, 2, 1, bias=bias)
+        if outermost:
+            up = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1)
+            layers = [down_conv, submodule, nn.ReLU(True), up, nn.Tanh()]
+        elif innermost:
+            up = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=bias)
+            layers = [nn.LeakyReLU(0.2, True), down_conv, nn.ReLU(True), up, make_norm(outer)]
+        else:
+            up = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=bias)
+            layers = [nn.LeakyReLU(0.2, True), down_conv, make_norm(inner), submodule,
+                      nn.ReLU(True), up, make_norm(outer)] + ([nn.Dropout(0.5)] if dropout else [])
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
+
+
+class UNetGenerator(nn.Module):
+    """The pix2pix U-Net: ``(batch, n_in, h, w)`` in [-1, 1] -> ``(batch, n_out, h, w)`` in [-1, 1].
+
+    Level ``i`` (0 = outermost) has ``ngf * min(2**i, 8)`` filters; the three up blocks just
+    outside the innermost one have Dropout 0.5 (where they have ``ngf * 8`` filters), as in the
+    reference code. Any ``h, w`` works: sides are padded to a multiple of ``2**depth``.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, depth: int = 8, ngf: int = 64,
+                 norm: str = "batch", dropout: bool = True) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"depth must be 2 or more, got {depth}.")
+        self.n_in, self.n_out, self.depth, self.ngf, self.norm = n_in, n_out, depth, ngf, norm
+        width = [ngf * min(2**i, 8) for i in range(depth)]
+        with_dropout = set(range(max(3, depth - 4), depth - 1)) if dropout else set()
+        block = _SkipBlock(width[-2], width[-1], innermost=True, norm=norm)
+        for i in range(depth - 2, 0, -1):
+            block = _SkipBlock(width[i - 1], width[i], submodule=block, norm=norm,
+                               dropout=i in with_dropout)
+        self.model = _SkipBlock(n_out, width[0], in_channels=n_in, submodule=block,
+                                outermost=True, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_forward(self.model, x, 2**self.depth)
+
+
+def pad_forward(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Run ``model`` on ``x`` reflect-padded to a multiple of ``multiple``, cropped back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return model(x)
+    top, left = ph // 2, pw // 2
+    mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"  # reflect needs pad < side
+    y = model(F.pad(x, (left, pw - left, top, ph - top), mode=mode))
+    return y[..., top:top + h, left:left + w]
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN: ``(batch, n_in, h, w)`` (input and target bands concatenated) ->
+    ``(batch, 1, h/8 - 2, w/8 - 2)`` logits, one per overlapping 70x70 patch."""
+
+    def __init__(self, n_in: int, *, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+        super().__init__()
+        make_norm = _norm_layer(norm)
+        bias = norm == "instance"
+        layers: list[nn.Module] = [nn.Conv2d(n_in, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias), make_norm(ndf * mult),
+                       nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """The paper's init: conv weights N(0, 0.02), biases 0; BatchNorm weights N(1, 0.02)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class _BackboneGenerator(nn.Module):
+    """fastai's DynamicUnet over a torchvision ResNet, output in [-1, 1], any chip size."""
+
+    def __init__(self, unet: nn.Module, multiple: int, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.unet, self.multiple, self.n_in, self.n_out = unet, multiple, n_in, n_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_forward(self.unet, x, self.multiple)
+
+
+def backbone_generator(backbone: str, n_in: int, n_out: int, chip_size: int | tuple[int, int], *,
+                       weights: str | Path | None = None) -> nn.Module:
+    """A U-Net generator on a ResNet encoder (fastai ``DynamicUnet``).
+
+    The first convolution takes ``n_in`` bands. Nothing is downloaded: ``weights`` may name a
+    local torchvision ResNet state dict (``.pth``) for the encoder; its first convolution is
+    adapted to the band count as fastai does (averaged over RGB, repeated).
+    """
+    import torchvision
+
+    from toolkit._fastai import quiet_import
+
+    with quiet_import():
+        from fastai.vision.learner import _update_first_layer
+        from fastai.vision.models.unet import DynamicUnet
+
+    if backbone not in SUPPORTED_BACKBONES:
+        raise ValueError(f"backbone must be one of {SUPPORTED_BACKBONES}, got {backbone!r}.")
+    resnet = getattr(torchvision.models, backbone)(weights=None)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights {path}: no such file.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            resnet.load_state_dict(state)
+        except Exception as err:
+            raise ValueError(f"backbone weights {path}: not a {backbone} state dict ({err}).") from err
+    encoder = nn.Sequential(*list(resnet.children())[:-2])
+    _update_first_layer(encoder, n_in, pretrained=weights is not None)
+    side = chip_size if isinstance(chip_size, int) else max(chip_size)
+    size = max(64, -(-side // 32) * 32)
+    unet = DynamicUnet(encoder, n_out, (size, size), y_range=(-1.0, 1.0), norm_type=None)
+    return _BackboneGenerator(unet, 32, n_in, n_out)

@@ -1,0 +1,509 @@
+"""``Pix2Pix(data)``: the conditional GAN of Isola et al. (2017) in arcgis.learn's shape.
+
+    model = Pix2Pix(data)          # data from prepare_data
+    model.lr_find()
+    model.fit(20)
+    model.show_results()
+    model.compute_metrics()
+    model.save("buildings_v1")
+    model = Pix2Pix.from_model("chips/models/buildings_v1/buildings_v1.emd")
+    model.predict("chip.tif", output="prediction.tif")
+
+It sits on parts a user can also use alone: ``model.learn`` is a fastai ``Learner`` whose model
+is the generator; ``GANTrainer`` (in ``model.learn.cbs``) owns the discriminator.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from toolkit import __version__, viz
+from toolkit._fastai import quiet_import
+from toolkit._fs import atomic_file
+from toolkit.data.chips import read_chip
+from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
+from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
+from toolkit.metrics import confusion, psnr, scores_from_confusion, ssim
+from toolkit.models.checkpoint import Checkpoint, load_checkpoint, monitor_comparison, plain_state
+from toolkit.models.gan import GANTrainer, History, Pix2PixLoss, loss_metrics
+from toolkit.models.model_folder import read_model_folder, write_model_folder
+from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, UNetGenerator,
+                                     backbone_generator, init_weights, unet_depth)
+from toolkit.raster import write_raster
+from toolkit.stats import band_validity
+
+with quiet_import():
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.schedule import ParamScheduler, SchedLin, SchedNo, combine_scheds
+    from fastai.callback.tracker import EarlyStoppingCallback
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+    from fastai.torch_core import default_device
+
+__all__ = ["Pix2Pix"]
+
+DEFAULT_LR = 2e-4
+
+
+class Pix2Pix:
+    """Pix2pix image-to-image translation: U-Net generator, 70x70 PatchGAN discriminator.
+
+    Args:
+        data: :func:`toolkit.prepare_data` DataLoaders (``None`` only through :meth:`from_model`).
+        pretrained_path: a saved model (.emd, folder or .dlpk) to start from.
+        backbone: ``None`` for the paper's U-Net, or a ResNet name (``"resnet34"``...) for
+            fastai's DynamicUnet over it (random init unless ``backbone_weights`` names a local
+            torchvision state dict; nothing is downloaded).
+        ngf, ndf: filters of the first generator / discriminator layer (64 in the paper).
+        lambda_l1: weight of the L1 term (100 in the paper).
+        gan_weight: weight of the adversarial term; 0 gives a plain L1 U-Net (the baseline).
+        norm: ``"batch"`` (the paper) or ``"instance"``.
+        mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
+        working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
+    """
+
+    supported_backbones = [None, *SUPPORTED_BACKBONES]
+    supported_datasets = list(DATASET_TYPES) + ["Export_Tiles"]
+
+    def __init__(self, data, *, pretrained_path: str | os.PathLike | None = None,
+                 backbone: str | None = None, ngf: int = 64, ndf: int = 64,
+                 lambda_l1: float = 100.0, gan_weight: float = 1.0, norm: str = "batch",
+                 backbone_weights: str | os.PathLike | None = None,
+                 mixed_precision: bool | None = None,
+                 working_dir: str | os.PathLike | None = None) -> None:
+        if data is None:
+            raise ValueError("Pix2Pix needs data from prepare_data(); to load a saved model for "
+                             "inference without data use Pix2Pix.from_model(path).")
+        size = data.chip_size
+        config = {
+            "n_bands_in": data.n_bands_in, "n_bands_out": data.n_bands_out,
+            "chip_size": list(size) if isinstance(size, tuple) else size,
+            "dataset_type": data.dataset_type, "backbone": backbone,
+            "depth": None if backbone else unet_depth(size), "ngf": ngf, "ndf": ndf,
+            "norm": norm, "lambda_l1": lambda_l1, "gan_weight": gan_weight,
+            "extract_bands": data.train_ds.extract_bands,
+        }
+        self._setup(config, data.input_norm, data.target_norm, data, backbone_weights=backbone_weights,
+                    mixed_precision=mixed_precision, working_dir=working_dir)
+        if pretrained_path is not None:
+            self.load(pretrained_path)
+
+    # --- construction ----------------------------------------------------------------------------
+
+    def _setup(self, config: dict, input_norm: BandNorm, target_norm, data, *, backbone_weights=None,
+               mixed_precision=None, working_dir=None) -> None:
+        self.config = config
+        self.input_norm, self.target_norm = input_norm, target_norm
+        self.data = data
+        self.history: list[dict] = []
+        self.metrics: dict[str, float] = {}
+        self._suggested_lr: float | None = None
+        self.device = data.device if data is not None else default_device()
+        if config["backbone"]:
+            self.generator = backbone_generator(config["backbone"], config["n_bands_in"],
+                                                config["n_bands_out"], _size_tuple(config["chip_size"]),
+                                                weights=backbone_weights)
+        else:
+            self.generator = init_weights(UNetGenerator(config["n_bands_in"], config["n_bands_out"],
+                                                        depth=config["depth"], ngf=config["ngf"],
+                                                        norm=config["norm"]))
+        self.discriminator = init_weights(PatchDiscriminator(config["n_bands_in"] + config["n_bands_out"],
+                                                             ndf=config["ndf"], norm=config["norm"]))
+        self.trainer = GANTrainer(self.discriminator, lambda_l1=config["lambda_l1"],
+                                  gan_weight=config["gan_weight"])
+        self.models_dir = Path(working_dir) if working_dir else (
+            Path(data.path) / "models" if data is not None else None)
+        self.learn = None
+        if data is not None:
+            cbs = [self.trainer]
+            cuda = self.device.type == "cuda"
+            if mixed_precision or (mixed_precision is None and cuda):
+                bf16 = cuda and torch.cuda.is_bf16_supported()
+                cbs.append(MixedPrecision(amp_mode="bf16" if bf16 else "fp16"))
+            if cuda:
+                self.generator.to(memory_format=torch.channels_last)
+                self.discriminator.to(memory_format=torch.channels_last)
+            self.learn = Learner(data, self.generator, loss_func=Pix2PixLoss(self.trainer),
+                                 opt_func=partial(Adam, mom=0.5, sqr_mom=0.999, eps=1e-8, wd=0.0),
+                                 wd=0.0, lr=DEFAULT_LR, metrics=loss_metrics(self.trainer), cbs=cbs,
+                                 path=self.models_dir.parent, model_dir=self.models_dir.name)
+        self.generator.to(self.device)
+        self.discriminator.to(self.device)
+
+    @classmethod
+    def from_model(cls, path: str | os.PathLike, data=None) -> Pix2Pix:
+        """Load a saved model (its ``.emd``, folder or ``.dlpk``) for inference, or, with ``data``,
+        to train further. Without data, ``fit`` raises a clear error."""
+        emd, weights, emd_path = read_model_folder(path)
+        config = emd["Toolkit"]["config"]
+        input_norm = BandNorm.from_dict(emd["Toolkit"]["input_norm"])
+        target_norm = target_from_dict(emd["Toolkit"]["target_norm"])
+        model = cls.__new__(cls)
+        if data is not None:
+            if (data.n_bands_in, data.n_bands_out) != (config["n_bands_in"], config["n_bands_out"]):
+                raise ValueError(f"{emd_path}: the model maps {config['n_bands_in']} -> "
+                                 f"{config['n_bands_out']} bands, the data {data.n_bands_in} -> "
+                                 f"{data.n_bands_out}.")
+            # train with the data's chips but keep the statistics the model learned with
+        model._setup(config, input_norm, target_norm, data)
+        model._load_weights(weights, emd_path)
+        model.history = list(emd["Toolkit"].get("history", []))
+        model.metrics = dict(emd["Toolkit"].get("metrics", {}))
+        model.emd_path = emd_path
+        return model
+
+    def __repr__(self) -> str:
+        c = self.config
+        net = f"{c['backbone']} U-Net" if c["backbone"] else f"U-Net depth {c['depth']}, ngf {c['ngf']}"
+        return (f"Pix2Pix({c['dataset_type']}: {c['n_bands_in']} -> {c['n_bands_out']} bands, "
+                f"{net}, PatchGAN ndf {c['ndf']}, lambda_l1 {c['lambda_l1']}, gan_weight "
+                f"{c['gan_weight']}, on {self.device})")
+
+    # --- training --------------------------------------------------------------------------------
+
+    def _require_data(self, what: str) -> None:
+        if self.learn is None:
+            raise RuntimeError(f"{what} needs training data: this model was loaded for inference. "
+                               "Use Pix2Pix.from_model(path, data=prepare_data(...)).")
+
+    def fit(self, epochs: int = 10, lr: float | None = None, one_cycle: bool = True,
+            early_stopping: bool | int = False, checkpoint: bool | str = True,
+            monitor: str = "valid_loss", resume: bool = False, schedule: str | None = None) -> None:
+        """Train for ``epochs`` epochs.
+
+        Args:
+            lr: learning rate; default the last :meth:`lr_find` suggestion, else 2e-4.
+            one_cycle: fastai's one-cycle learning-rate schedule (beta1 stays 0.5); else constant.
+            schedule: ``"linear_decay"``: the paper's schedule, constant for the first half of the
+                epochs, then linear to 0 (overrides ``one_cycle``).
+            early_stopping: stop when ``monitor`` has not improved for 5 epochs (or this many).
+            checkpoint: after each epoch write G, D and both optimizers to
+                ``<working_dir>/checkpoints/`` (a string names the checkpoint); the best epoch by
+                ``monitor`` is restored at the end.
+            monitor: ``valid_loss`` (validation L1), ``train_loss``, ``gen_loss``, ``l1_loss`` or ``d_loss``.
+            resume: continue an interrupted fit from its last checkpoint (same ``epochs``).
+        """
+        self._require_data("fit")
+        if schedule not in (None, "linear_decay"):
+            raise ValueError(f"schedule must be None or 'linear_decay', got {schedule!r}.")
+        name = checkpoint if isinstance(checkpoint, str) else "pix2pix"
+        folder = self.models_dir / "checkpoints"
+        start, best = 0, None
+        if resume:
+            state = load_checkpoint(folder / f"{name}_last.pth")
+            if state["fit"]["epochs"] != epochs:
+                raise ValueError(f"the checkpoint is of a fit of {state['fit']['epochs']} epochs; "
+                                 f"resume it with fit({state['fit']['epochs']}, resume=True).")
+            self._restore(state, optimizers=True)
+            lr, one_cycle, schedule = state["fit"]["lr"], state["fit"]["one_cycle"], state["fit"]["schedule"]
+            start, best, monitor = state["epoch"] + 1, state["best"], state["monitor"]
+            if start >= epochs:
+                return
+        lr = float(lr or self._suggested_lr or DEFAULT_LR)
+        fit_config = {"epochs": epochs, "lr": lr, "one_cycle": one_cycle, "schedule": schedule}
+        cbs = [History(self.history, start_epoch=start)]
+        if checkpoint:
+            cbs.append(Checkpoint(folder, name, monitor, lambda: self._state(fit_config), self._restore,
+                                  start_epoch=start, best=best))
+        if early_stopping:
+            patience = 5 if early_stopping is True else int(early_stopping)
+            cbs.append(EarlyStoppingCallback(monitor=monitor, comp=monitor_comparison(monitor),
+                                             patience=patience))
+        if schedule == "linear_decay":
+            half = epochs // 2
+            sched = combine_scheds([half / epochs, 1 - half / epochs], [SchedNo(lr, lr), SchedLin(lr, 0.0)]) \
+                if half else SchedLin(lr, 0.0)
+            self.learn.fit(epochs, lr, cbs=cbs + [ParamScheduler({"lr": sched})], start_epoch=start)
+        elif one_cycle:
+            self.learn.fit_one_cycle(epochs, lr, moms=(0.5, 0.5, 0.5), cbs=cbs, start_epoch=start)
+        else:
+            self.learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 1e-1, num_it: int = 100,
+                show_plot: bool = True) -> float:
+        """Run fastai's learning-rate finder on the L1 part of the generator loss (the GAN term
+        says little about the step size) and return the suggested rate, used by the next ``fit``."""
+        self._require_data("lr_find")
+        self.trainer.l1_only = True
+        try:
+            suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                                            show_plot=show_plot)
+        finally:
+            self.trainer.l1_only = False
+        self._suggested_lr = float(suggestion.valley)
+        return self._suggested_lr
+
+    # --- state -------------------------------------------------------------------------------------
+
+    def _state(self, fit_config: dict | None = None, optimizers: bool = True) -> dict:
+        state = {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+                 "history": list(self.history), "config": dict(self.config)}
+        if optimizers and self.learn is not None and self.learn.opt is not None:
+            state["g_opt"] = _opt_state(self.learn.opt)
+            state["d_opt"] = self.trainer.d_opt.state_dict()
+        if fit_config is not None:
+            state["fit"] = fit_config
+        return state
+
+    def _restore(self, state: dict, optimizers: bool = True) -> None:
+        self._load_weights(state, "checkpoint")
+        if state.get("history") is not None:
+            self.history[:] = state["history"]
+        if optimizers and "g_opt" in state:
+            if self.learn.opt is None:
+                self.learn.create_opt()
+            _load_opt_state(self.learn.opt, state["g_opt"])
+            self.trainer.d_opt.load_state_dict(state["d_opt"])
+
+    def _load_weights(self, state: dict, source) -> None:
+        try:
+            self.generator.load_state_dict(state["generator"])
+            if "discriminator" in state:
+                self.discriminator.load_state_dict(state["discriminator"])
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"{source}: the weights do not fit this network ({self!r}): {err}") from err
+
+    # --- inference ---------------------------------------------------------------------------------
+
+    @property
+    def is_mask(self) -> bool:
+        return isinstance(self.target_norm, MaskEncoding)
+
+    def _generate(self, x: np.ndarray) -> np.ndarray:
+        """Normalised ``(n, bands, h, w)`` -> generator output ``(n, bands_out, h, w)`` in [-1, 1]."""
+        self.generator.eval()
+        with torch.no_grad(), self._autocast():
+            out = self.generator(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+        return out.float().cpu().numpy()
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cpu", enabled=False)
+
+    def to_target_units(self, out: np.ndarray) -> np.ndarray:
+        """Generator output in [-1, 1] -> target units: band values for image targets, class scores
+        in [0, 1] (one band per class; 0.5 is the decision threshold) for mask targets."""
+        if self.is_mask:
+            return ((np.asarray(out, np.float32) + 1.0) / 2.0).astype(np.float32)
+        return self.target_norm.denormalize(out)
+
+    def predict(self, image: str | os.PathLike | np.ndarray, output: str | os.PathLike | None = None,
+                *, transform=None, crs=None) -> np.ndarray:
+        """Translate one chip of any size.
+
+        Args:
+            image: a chip file, or an array ``(bands, height, width)`` in input units.
+            output: write the result there as a float32 GeoTIFF carrying the chip's CRS and
+                transform (``transform``/``crs`` for an array input); nodata NaN.
+
+        Returns:
+            float32 ``(bands, height, width)`` in target units (see :meth:`to_target_units`);
+            pixels where the input is nodata are NaN.
+        """
+        nodata = None
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such chip.")
+            data, nodata = read_chip(path)
+            if output is not None and (transform is None or crs is None):
+                import rasterio
+
+                with rasterio.open(path) as src:
+                    transform = src.transform if transform is None else transform
+                    crs = src.crs if crs is None else crs
+        else:
+            data = np.asarray(image)
+            if data.ndim == 2:
+                data = data[np.newaxis]
+        if self.config.get("extract_bands"):
+            data = data[self.config["extract_bands"]]
+        if data.ndim != 3 or data.shape[0] != self.config["n_bands_in"]:
+            raise ValueError(f"the model takes {self.config['n_bands_in']} band(s) (bands, height, width); "
+                             f"got an array of shape {data.shape}.")
+        valid = band_validity(data, nodata)
+        x = self.input_norm.normalize(data, valid)
+        result = self.to_target_units(self._generate(x[np.newaxis])[0])
+        result[:, ~valid.any(axis=0)] = np.nan
+        if output is not None:
+            with atomic_file(output) as tmp:
+                write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan)
+        return result
+
+    # --- evaluation --------------------------------------------------------------------------------
+
+    def _validation_batches(self):
+        """``(x, y, prediction)`` numpy batches in [-1, 1] over the validation set (no augmentation)."""
+        self._require_data("this")
+        for x, y in self.data.valid:
+            yield x.cpu().numpy(), y.cpu().numpy(), self._generate(x.cpu().numpy())
+
+    def compute_metrics(self) -> dict[str, float]:
+        """Scores on the validation set: ``psnr`` (dB, from the MSE over the [-1, 1] data range,
+        i.e. each band's normalisation range), ``ssim``, ``l1`` (mean absolute error in [-1, 1]
+        units, as ``valid_loss``); for Classified_Tiles also ``iou``, ``f1``, ``precision``,
+        ``recall`` and ``accuracy`` of the footprint (any class against background) at 0.5."""
+        psnrs, ssims, l1s = [], [], []
+        counts = np.zeros(4, dtype=np.int64)
+        for x, y, pred in self._validation_batches():
+            for p, t in zip(pred, y):
+                psnrs.append(psnr(p, t, data_range=2.0))
+                ssims.append(ssim(p, t, data_range=2.0))
+                l1s.append(float(np.abs(p - t).mean()))
+                if self.is_mask:
+                    counts += confusion(self.target_norm.decode(p) > 0, self.target_norm.decode(t) > 0)
+        finite = [v for v in psnrs if np.isfinite(v)]
+        metrics = {"psnr": float(np.mean(finite)) if finite else float("inf"),
+                   "ssim": float(np.mean(ssims)), "l1": float(np.mean(l1s))}
+        if self.is_mask:
+            metrics.update(scores_from_confusion(counts))
+        self.metrics = metrics
+        return metrics
+
+    @property
+    def available_metrics(self) -> list[str]:
+        base = ["valid_loss", "train_loss", "gen_loss", "l1_loss", "d_loss", "psnr", "ssim", "l1"]
+        return base + (["iou", "f1", "precision", "recall", "accuracy"] if self.is_mask else [])
+
+    # --- figures -----------------------------------------------------------------------------------
+
+    def _display_target(self, y: np.ndarray) -> np.ndarray:
+        if self.is_mask:
+            return viz.mask_to_rgb(self.target_norm.decode(y), self.target_norm.classes)
+        return viz.to_display(y)
+
+    def show_results(self, rows: int = 4, rgb_bands=None, **kwargs) -> Figure:
+        """Input / Target / Prediction columns for the first ``rows`` validation chips."""
+        xs, ys, ps = [], [], []
+        for x, y, pred in self._validation_batches():
+            xs.extend(x)
+            ys.extend(y)
+            ps.extend(pred)
+            if len(xs) >= rows:
+                break
+        rgb = rgb_bands if rgb_bands is not None else getattr(self.data, "rgb_bands", None)
+        columns = {"Input": [viz.to_display(x, rgb) for x in xs[:rows]],
+                   "Target": [self._display_target(y) for y in ys[:rows]],
+                   "Prediction": [self._display_target(p) for p in ps[:rows]]}
+        return viz.show_grid(columns, **kwargs)
+
+    def plot_losses(self) -> Figure:
+        """Training and validation loss per epoch, and the GAN terms (G and D)."""
+        if not self.history:
+            raise RuntimeError("no losses yet: call fit() first.")
+        epochs = [r["epoch"] + 1 for r in self.history]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        left.plot(epochs, [r.get("l1_loss") for r in self.history], "o-", label="train L1")
+        left.plot(epochs, [r.get("valid_loss") for r in self.history], "o-", label="validation L1")
+        left.set_xlabel("epoch")
+        left.set_ylabel("L1 (in [-1, 1] units)")
+        left.legend()
+        right.plot(epochs, [r.get("gen_loss") for r in self.history], "o-", label="G adversarial")
+        right.plot(epochs, [r.get("d_loss") for r in self.history], "o-", label="D")
+        right.set_xlabel("epoch")
+        right.set_ylabel("BCE")
+        right.legend()
+        fig.tight_layout()
+        return fig
+
+    # --- saving ------------------------------------------------------------------------------------
+
+    def save(self, name_or_path: str | os.PathLike, save_optimizer: bool = False,
+             compute_metrics: bool = True) -> Path:
+        """Save to ``<working_dir>/<name>/`` (or the given folder): ``<name>.pth``, ``<name>.emd``,
+        ``ModelCharacteristics/`` figures and ``<name>.dlpk``; returns the ``.emd`` path.
+
+        The folder is written to a temporary name and moved into place."""
+        target = Path(name_or_path)
+        if len(target.parts) == 1 and not target.is_absolute():
+            if self.models_dir is None:
+                raise ValueError("this model has no working folder; save it to a path.")
+            target = self.models_dir / target
+        name = target.name
+        if compute_metrics and self.data is not None:
+            self.compute_metrics()
+        figures = {}
+        if self.history:
+            figures["loss_graph.png"] = self.plot_losses()
+        if self.data is not None:
+            figures["show_results.png"] = self.show_results(rows=min(4, len(self.data.valid_ds)))
+        try:
+            emd_path = write_model_folder(target, name, weights=plain_state(self._state(optimizers=save_optimizer)),
+                                          emd=self._emd(name), figures=figures)
+        finally:
+            for fig in figures.values():
+                plt.close(fig)
+        self.emd_path = emd_path
+        return emd_path
+
+    def load(self, name_or_path: str | os.PathLike) -> None:
+        """Load the weights of a saved model (name in the working folder, .emd, folder or .dlpk)."""
+        path = Path(name_or_path)
+        if not path.exists() and self.models_dir is not None and (self.models_dir / path).exists():
+            path = self.models_dir / path
+        emd, weights, emd_path = read_model_folder(path)
+        self._load_weights(weights, emd_path)
+
+    def _emd(self, name: str) -> dict:
+        c = self.config
+        height, width = _size_tuple(c["chip_size"])[::-1]
+        emd = {
+            "Framework": "arcgis.learn.models._inferencing",
+            "ModelConfiguration": "_pix2pix",
+            "ModelType": "Pix2Pix",
+            "InferenceFunction": "ArcGISImageTranslation.py",
+            "ModelFile": f"{name}.pth",
+            "ImageHeight": height,
+            "ImageWidth": width,
+            "ExtractBands": c.get("extract_bands") or list(range(c["n_bands_in"])),
+            "SupportsVariableTileSize": True,
+            "n_intput_channel": c["n_bands_in"],  # sic: arcgis.learn's key
+            "n_channel": c["n_bands_out"],
+            "NormalizationStats": _arcgis_stats(self.input_norm),
+            "NormalizationStats_b": _arcgis_stats(self.target_norm) if not self.is_mask else None,
+            "ModelParameters": {"backbone": c["backbone"], "ngf": c["ngf"], "ndf": c["ndf"]},
+            "IsMultispectral": c["n_bands_in"] != 3 or c["n_bands_out"] not in (1, 3),
+            "ArcGISLearnVersion": "toolkit " + __version__,
+            "ImageSpaceUsed": "MAP_SPACE",
+            "Toolkit": {"version": __version__, "config": c, "input_norm": self.input_norm.to_dict(),
+                        "target_norm": self.target_norm.to_dict(), "history": self.history,
+                        "metrics": self.metrics},
+        }
+        if self.is_mask:
+            emd["Classes"] = self.target_norm.classes
+        emd.update({k: v for k, v in self.metrics.items()})
+        return emd
+
+
+def _opt_state(opt) -> dict:
+    """A fastai optimizer's state as plain dicts and lists, which ``torch.load(weights_only=True)``
+    reads back (fastai's own ``state_dict`` holds fastcore ``L`` objects)."""
+    return plain_state(opt.state_dict())
+
+
+def _load_opt_state(opt, sd: dict) -> None:
+    from fastcore.foundation import L
+
+    params = [p for p, *_ in opt.all_params()]
+    state = [{k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
+             for p, s in zip(params, sd["state"])]
+    opt.load_state_dict({"state": state, "hypers": L(dict(h) for h in sd["hypers"])})
+
+
+def _arcgis_stats(norm: BandNorm) -> dict:
+    return {"band_min_values": norm.min, "band_max_values": norm.max,
+            "band_mean_values": norm.mean, "band_std_values": norm.std,
+            "scaled_min_values": norm.low.tolist(), "scaled_max_values": norm.high.tolist()}
+
+
+def _size_tuple(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
