@@ -298,3 +298,15 @@ def test_weights_of_another_network_are_refused(trained, ms2pan_data, tmp_path):
     small = Pix2Pix(ms2pan_data, ngf=8, ndf=8)
     with pytest.raises(ValueError, match="do not fit this network"):
         small.load(emd_path)
+
+
+def test_pretrained_path_and_early_stopping(trained, ms2pan_data, tmp_path):
+    model, _ = trained
+    emd_path = model.save(tmp_path / "start")
+    chip = ms2pan_data.valid_ds.pairs[0].input
+    again = Pix2Pix(ms2pan_data, ngf=16, ndf=16, pretrained_path=emd_path)
+    np.testing.assert_array_equal(again.predict(chip), model.predict(chip))
+    again.fit(2, lr=1e-4, early_stopping=1, checkpoint=False)
+    assert 1 <= len(again.history) <= 2
+    with pytest.raises(ValueError, match="monitor .accuracy. is not recorded during fit"):
+        again.fit(1, monitor="accuracy")

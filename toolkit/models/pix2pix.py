@@ -50,6 +50,7 @@ with quiet_import():
 __all__ = ["Pix2Pix"]
 
 DEFAULT_LR = 2e-4
+RECORDED = ["valid_loss", "train_loss", "gen_loss", "l1_loss", "d_loss"]  # per epoch, by fit
 
 
 class Pix2Pix:
@@ -193,6 +194,8 @@ class Pix2Pix:
         self._require_data("fit")
         if schedule not in (None, "linear_decay"):
             raise ValueError(f"schedule must be None or 'linear_decay', got {schedule!r}.")
+        if monitor not in RECORDED:
+            raise ValueError(f"monitor {monitor!r} is not recorded during fit; choose one of {RECORDED}.")
         name = checkpoint if isinstance(checkpoint, str) else "pix2pix"
         folder = self.models_dir / "checkpoints"
         start, best = 0, None
@@ -371,7 +374,7 @@ class Pix2Pix:
 
     @property
     def available_metrics(self) -> list[str]:
-        base = ["valid_loss", "train_loss", "gen_loss", "l1_loss", "d_loss", "psnr", "ssim", "l1"]
+        base = RECORDED + ["psnr", "ssim", "l1"]
         return base + (["iou", "f1", "precision", "recall", "accuracy"] if self.is_mask else [])
 
     # --- figures -----------------------------------------------------------------------------------
