@@ -19,6 +19,9 @@ _EXPORTS = {
     "ExportSummary": "toolkit.export",
     "prepare_data": "toolkit.data",
     "Pix2Pix": "toolkit.models",
+    "predict_raster": "toolkit.inference",
+    "vectorize": "toolkit.vector",
+    "metrics": "toolkit.metrics",
     "datasets": "toolkit.datasets",
 }
 

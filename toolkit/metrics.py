@@ -1,13 +1,16 @@
-"""Scores for image translation (PSNR, SSIM, L1) and for masks (IoU, F1, precision, recall).
+"""Scores for image translation (PSNR, SSIM) and for footprints: pixel IoU / F1 / precision /
+recall, and object F1 as the SpaceNet building challenge scores it.
 
-Plain numpy in, plain floats out.
+Plain numpy, rasters or GeoDataFrames in; plain floats out.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-__all__ = ["confusion", "psnr", "scores_from_confusion", "ssim", "pixel_scores"]
+__all__ = ["confusion", "object_f1", "pixel_scores", "psnr", "scores_from_confusion", "ssim"]
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, data_range: float) -> float:
@@ -58,6 +61,90 @@ def scores_from_confusion(counts) -> dict[str, float]:
             "accuracy": (tp + tn) / max(tp + fp + fn + tn, 1)}
 
 
-def pixel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Pixel scores of a binary mask ``pred`` against ``truth``: iou, f1, precision, recall, accuracy."""
-    return scores_from_confusion(confusion(pred, truth))
+def pixel_scores(pred, truth, threshold: float = 0.5) -> dict[str, float]:
+    """Pixel scores of a predicted footprint mask against the truth: iou, f1, precision, recall,
+    accuracy.
+
+    ``pred`` and ``truth`` are boolean arrays, or score / class arrays or raster paths made into
+    masks by :func:`toolkit.vector.footprint_mask` (highest band >= ``threshold``; nodata is
+    background). Rasters must lie on the same grid.
+    """
+    return scores_from_confusion(confusion(*_masks_on_one_grid(pred, truth, threshold)))
+
+
+def _masks_on_one_grid(pred, truth, threshold):
+    from toolkit.vector import footprint_mask
+
+    grids, masks = [], []
+    for source in (pred, truth):
+        if isinstance(source, (str, os.PathLike)):
+            import rasterio
+
+            with rasterio.open(source) as src:
+                masks.append(footprint_mask(src.read(), threshold, src.nodata))
+                grids.append((src.crs, src.transform, source))
+        else:
+            array = np.asarray(source)
+            masks.append(array if array.dtype == bool else footprint_mask(array, threshold))
+    if len(grids) == 2 and (grids[0][0] != grids[1][0] or not grids[0][1].almost_equals(grids[1][1])):
+        raise ValueError(f"{grids[0][2]} and {grids[1][2]} lie on different grids (CRS or transform); "
+                         "resample one onto the other first.")
+    return masks
+
+
+def object_f1(pred_polygons, truth_polygons, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Object-level scores as the SpaceNet building challenge computes them.
+
+    Predicted and true polygons are matched one to one: pairs are taken in order of decreasing
+    IoU, each polygon at most once, and a pair with IoU >= ``iou_threshold`` is a true positive.
+    Unmatched predictions are false positives, unmatched truths false negatives.
+
+    Args:
+        pred_polygons, truth_polygons: GeoDataFrames or GeoSeries; predictions are reprojected to
+            the truth's CRS.
+
+    Returns:
+        ``{"f1", "precision", "recall", "tp", "fp", "fn"}``; with nothing predicted and nothing
+        true, precision, recall and F1 are 1.
+    """
+    import shapely
+
+    pred = _geometries(pred_polygons, truth_polygons)
+    truth = _geometries(truth_polygons, None)
+    pairs = []
+    if len(pred) and len(truth):
+        tree = shapely.STRtree(truth)
+        p_idx, t_idx = tree.query(pred, predicate="intersects")
+        inter = shapely.area(shapely.intersection(pred[p_idx], truth[t_idx]))
+        union = shapely.area(shapely.union(pred[p_idx], truth[t_idx]))
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        pairs = sorted(zip(iou, p_idx, t_idx), key=lambda t: -t[0])
+    used_p, used_t = set(), set()
+    for iou, i, j in pairs:
+        if iou < iou_threshold:
+            break
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+    tp = len(used_p)
+    fp, fn = len(pred) - tp, len(truth) - tp
+    scores = scores_from_confusion([tp, fp, fn, 0])
+    return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
+            "tp": tp, "fp": fp, "fn": fn}
+
+
+def _geometries(polygons, like) -> np.ndarray:
+    """Valid, non-empty geometries as an array; reprojected to ``like``'s CRS when both have one."""
+    import shapely
+
+    series = getattr(polygons, "geometry", polygons)
+    if like is not None:
+        target = getattr(like, "crs", None)
+        if target is not None and getattr(series, "crs", None) is not None and series.crs != target:
+            series = series.to_crs(target)
+    geoms = np.asarray(list(series), dtype=object)
+    if len(geoms):
+        geoms = shapely.make_valid(geoms)
+        geoms = geoms[~shapely.is_empty(geoms)]
+    return geoms

@@ -20,6 +20,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import rasterio
+
 from toolkit import esri
 from toolkit.data.chips import CHIP_SUFFIXES, ChipHeader, is_chip, read_header
 
@@ -66,6 +68,7 @@ class ChipFolder:
     input_header: ChipHeader | None = None
     target_header: ChipHeader | None = None
     band_names: list[str] | None = None
+    cell_size: tuple[float, float] | None = None  # ground size of an input pixel, when georeferenced
 
 
 def dataset_type_name(name: str | None) -> str | None:
@@ -116,7 +119,18 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
         raise ValueError(f"{path}: the {folder.layout} layout holds image pairs, not class labels; "
                          "use dataset_type='Pix2Pix'.")
     _check_headers(folder)
+    folder.cell_size = _cell_size(folder.pairs[0].input)
     return folder
+
+
+def _cell_size(chip: Path) -> tuple[float, float] | None:
+    """Pixel size of a georeferenced chip in its CRS units; None for plain pictures."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(chip) as src:
+            if src.crs is None:
+                return None
+            return abs(src.transform.a), abs(src.transform.e)
 
 
 def _subdir(path: Path, name: str) -> Path | None:

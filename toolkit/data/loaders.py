@@ -42,8 +42,10 @@ class ChipDataLoaders(DataLoaders):
 
     def __init__(self, train: TfmdDL, valid: TfmdDL, *, folder: ChipFolder, input_norm: BandNorm,
                  target_norm: BandNorm | MaskEncoding, chip_size: tuple[int, int],
-                 rgb_bands: Sequence[int] | None = None, device=None) -> None:
+                 resized: tuple[int, int] | None = None, rgb_bands: Sequence[int] | None = None,
+                 device=None) -> None:
         super().__init__(train, valid, path=folder.path, device=device)
+        self._resized = resized or (folder.input_header.width, folder.input_header.height)
         self.folder = folder
         self.input_norm = input_norm
         self.target_norm = target_norm
@@ -60,6 +62,16 @@ class ChipDataLoaders(DataLoaders):
         """Size of the chips the model sees: ``n`` for square chips, else ``(width, height)``."""
         w, h = self._chip_size
         return w if w == h else (w, h)
+
+    @property
+    def cell_size(self) -> tuple[float, float] | None:
+        """Ground size of a pixel as the model sees it (after ``resize_to``), in CRS units;
+        None for chips without georeference."""
+        native = self.folder.cell_size
+        if native is None:
+            return None
+        header = self.folder.input_header
+        return (native[0] * header.width / self._resized[0], native[1] * header.height / self._resized[1])
 
     @property
     def n_bands_in(self) -> int:
@@ -183,7 +195,7 @@ def prepare_data(
     valid_dl = TfmdDL(dataset(valid_pairs, False), bs=batch_size, shuffle=False, num_workers=workers,
                       after_batch=batch_tfms, device=device)
     return ChipDataLoaders(train_dl, valid_dl, folder=folder, input_norm=input_norm,
-                           target_norm=target_norm, chip_size=crop or size,
+                           target_norm=target_norm, chip_size=crop or size, resized=size,
                            rgb_bands=kwargs.get("rgb_bands"), device=device)
 
 

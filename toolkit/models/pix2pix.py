@@ -90,6 +90,7 @@ class Pix2Pix:
             "depth": None if backbone else unet_depth(size), "ngf": ngf, "ndf": ndf,
             "norm": norm, "lambda_l1": lambda_l1, "gan_weight": gan_weight,
             "extract_bands": data.train_ds.extract_bands,
+            "cell_size": list(data.cell_size) if data.cell_size else None,
         }
         self._setup(config, data.input_norm, data.target_norm, data, backbone_weights=backbone_weights,
                     mixed_precision=mixed_precision, working_dir=working_dir)
@@ -341,6 +342,16 @@ class Pix2Pix:
             with atomic_file(output) as tmp:
                 write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan)
         return result
+
+    def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
+                       padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
+                       overwrite: bool = False, progress: bool = True) -> Path:
+        """Translate a whole scene into a georeferenced GeoTIFF, window by window with Hann-weighted
+        blending of overlaps (no seams); see :func:`toolkit.inference.predict_raster`."""
+        from toolkit.inference import predict_raster
+
+        return predict_raster(self, in_raster, out_raster, padding=padding, batch_size=batch_size,
+                              threshold=threshold, overwrite=overwrite, progress=progress)
 
     # --- evaluation --------------------------------------------------------------------------------
 

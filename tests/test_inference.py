@@ -1,0 +1,206 @@
+"""toolkit.inference.predict_raster on the real Atlanta scene."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from toolkit import Pix2Pix, export_training_data, prepare_data
+from toolkit import inference as inference_module
+from toolkit.inference import hann_window, reflect_index
+
+
+class PerPixel(torch.nn.Module):
+    """A stand-in generator that works pixel by pixel, so whole-raster output is known exactly."""
+
+    def forward(self, x):
+        return torch.tanh(3 * x[:, :1])
+
+
+@pytest.fixture(scope="module")
+def mask_model(atlanta, tmp_path_factory):
+    chips = tmp_path_factory.mktemp("inference") / "chips"
+    export_training_data(atlanta["image"], chips, in_class_data=atlanta["footprints"], tile_size=64,
+                         progress=False)
+    model = Pix2Pix(prepare_data(chips, batch_size=8), ngf=8, ndf=8)
+    model.fit(1, checkpoint=False)
+    return model
+
+
+def per_pixel(model):
+    """A copy of ``model`` whose generator is :class:`PerPixel` (the shared model stays as it is)."""
+    clone = copy.copy(model)
+    clone.generator = PerPixel()
+    return clone
+
+
+def expected_per_pixel(model, raster):
+    with rasterio.open(raster) as src:
+        raw, nodata = src.read(), src.nodata
+    valid = raw != nodata if nodata is not None else np.ones(raw.shape, bool)
+    out = model.to_target_units(np.tanh(3 * model.input_norm.normalize(raw, valid)))
+    out[:, ~valid.any(axis=0)] = np.nan
+    return out
+
+
+def crop(atlanta, tmp_path, window: Window, name="crop.tif", fill=None):
+    with rasterio.open(atlanta["image"]) as src:
+        data = src.read(window=window)
+        profile = src.profile | {"width": window.width, "height": window.height,
+                                 "transform": src.window_transform(window)}
+    if fill is not None:
+        data[fill] = 0  # Atlanta's nodata value
+    path = tmp_path / name
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_output_has_the_inputs_grid(mask_model, atlanta, tmp_path):
+    out = mask_model.predict_raster(atlanta["image"], tmp_path / "scores.tif", progress=False)
+    with rasterio.open(atlanta["image"]) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.width, dst.height) == (src.width, src.height)
+        assert (dst.count, dst.dtypes[0]) == (mask_model.config["n_bands_out"], "float32")
+        assert np.isnan(dst.nodata) and dst.profile["tiled"] and dst.compression.value == "DEFLATE"
+        scores = dst.read()
+    assert np.isfinite(scores).all() and 0 <= scores.min() and scores.max() <= 1
+
+
+def test_threshold_writes_a_class_raster(mask_model, atlanta, tmp_path):
+    out = mask_model.predict_raster(atlanta["image"], tmp_path / "classes.tif", threshold=0.5,
+                                    progress=False)
+    with rasterio.open(out) as dst:
+        assert (dst.count, dst.dtypes[0], dst.nodata) == (1, "uint8", 255)
+        assert set(np.unique(dst.read())) <= {0, 1}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        mask_model.predict_raster(atlanta["image"], out, progress=False)
+    mask_model.predict_raster(atlanta["image"], out, threshold=0.9, overwrite=True, progress=False)
+
+
+@pytest.mark.parametrize("window, padding", [
+    (Window(0, 0, 900, 900), None),  # the whole scene
+    (Window(13, 101, 700, 333), 0),  # odd sizes, no overlap
+    (Window(200, 300, 50, 41), 10),  # smaller than one chip
+    (Window(0, 0, 257, 600), 31),  # widest overlap
+])
+def test_blending_is_exact_everywhere(mask_model, atlanta, tmp_path, window, padding):
+    raster = crop(atlanta, tmp_path, window)
+    model = per_pixel(mask_model)
+    out = model.predict_raster(raster, tmp_path / "out.tif", padding=padding, batch_size=3, progress=False)
+    with rasterio.open(out) as dst:
+        got = dst.read()
+    np.testing.assert_allclose(got, expected_per_pixel(model, raster), rtol=1e-5, atol=1e-5)
+
+
+def test_input_nodata_comes_back_as_nodata(mask_model, atlanta, tmp_path):
+    hole = (slice(None), slice(100, 180), slice(0, 260))  # a nodata block at the edge
+    raster = crop(atlanta, tmp_path, Window(0, 0, 500, 400), fill=hole)
+    model = per_pixel(mask_model)
+    out = model.predict_raster(raster, tmp_path / "out.tif", progress=False)
+    with rasterio.open(out) as dst:
+        got = dst.read()
+    assert np.isnan(got[hole]).all()
+    assert np.isfinite(np.delete(got, np.s_[100:180], axis=1)).all()
+    np.testing.assert_allclose(got, expected_per_pixel(model, raster), rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_band_count_and_resolution(mask_model, rotterdam, atlanta, tmp_path):
+    with pytest.raises(ValueError, match="has 4 band.*trained on 1"):
+        mask_model.predict_raster(rotterdam["multispectral_1"], tmp_path / "x.tif", progress=False)
+    coarse = tmp_path / "coarse.tif"
+    with rasterio.open(atlanta["image"]) as src:
+        data = src.read(out_shape=(1, 225, 225))
+        profile = src.profile | {"width": 225, "height": 225,
+                                 "transform": src.transform @ rasterio.Affine.scale(4)}
+    with rasterio.open(coarse, "w", **profile) as dst:
+        dst.write(data)
+    with pytest.warns(UserWarning, match="trained on 0.5"):
+        mask_model.predict_raster(coarse, tmp_path / "coarse_out.tif", progress=False)
+    assert not list(tmp_path.glob(".x.tif*"))
+
+
+def test_a_failure_leaves_no_output(mask_model, atlanta, tmp_path, monkeypatch):
+    calls = []
+
+    def failing(x):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("device lost")
+        return np.zeros((len(x), mask_model.config["n_bands_out"], *x.shape[-2:]), np.float32)
+
+    monkeypatch.setattr(mask_model, "_generate", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        mask_model.predict_raster(atlanta["image"], tmp_path / "out.tif", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hann_window_and_reflection():
+    w = hann_window(8, 6)
+    assert w.shape == (8, 6) and (w > 0).all() and w[3:5, 2:4].min() == w.max()
+    np.testing.assert_array_equal(reflect_index(np.arange(-3, 8), 5), [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1])
+    np.testing.assert_array_equal(reflect_index(np.arange(-2, 3), 1), [0, 0, 0, 0, 0])
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import json, sys, torch
+    import toolkit.raster
+    from toolkit import Pix2Pix
+    # GDAL's block cache is capped (64 MB by default) but fills up to that cap; a small cap here
+    # keeps the measurement about predict_raster's own buffers.
+    toolkit.raster.STREAMING_GDAL_CACHE_BYTES = 8 * 2**20
+    class PerPixel(torch.nn.Module):
+        def forward(self, x):
+            return torch.tanh(3 * x[:, :1])
+    model = Pix2Pix.from_model(sys.argv[1])
+    model.generator = PerPixel()
+    model.predict_raster(sys.argv[2], sys.argv[3], progress=False)
+    with open("/proc/self/status") as f:
+        print(json.dumps(next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024))
+""")
+
+
+def test_peak_memory_does_not_grow_with_the_raster(mask_model, atlanta, tmp_path):
+    emd = mask_model.save(tmp_path / "model", compute_metrics=False)
+    with rasterio.open(atlanta["image"]) as src:
+        tile, profile = src.read(), src.profile
+    big = tmp_path / "big.tif"  # 5 x 5 Atlanta tiles: 4500 x 4500 px, 25 times the pixels
+    with rasterio.open(big, "w", **(profile | {"width": 4500, "height": 4500, "tiled": True,
+                                                "blockxsize": 256, "blockysize": 256})) as dst:
+        for i in range(5):
+            for j in range(5):
+                dst.write(tile, window=Window(j * 900, i * 900, 900, 900))
+    peaks = {}
+    for name, raster in (("small", atlanta["image"]), ("big", big)):
+        result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(emd), str(raster),
+                                 str(tmp_path / f"{name}_out.tif")], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        peaks[name] = json.loads(result.stdout.strip().splitlines()[-1])
+    # Holding the big raster's input and float32 output would take 39 + 77 MB more.
+    assert peaks["big"] - peaks["small"] < 25, peaks
+
+
+def test_compute_metrics_reports_the_pixel_scores(mask_model):
+    from toolkit.metrics import pixel_scores
+    from toolkit.vector import footprint_mask
+
+    metrics = mask_model.compute_metrics()
+    preds, truths = [], []
+    for pair in mask_model.data.valid_ds.pairs:
+        preds.append(footprint_mask(mask_model.predict(pair.input)))
+        with rasterio.open(pair.target) as src:
+            truths.append(src.read(1) > 0)
+    expected = pixel_scores(np.stack(preds), np.stack(truths))
+    # predict() runs chips one by one, compute_metrics() in batches: float rounding may flip a
+    # pixel whose score is within 1e-7 of the threshold
+    for key in ("iou", "f1", "precision", "recall", "accuracy"):
+        assert metrics[key] == pytest.approx(expected[key], abs=2e-3), key

@@ -1,0 +1,128 @@
+"""toolkit.vectorize and toolkit.metrics: footprints from masks, pixel and object scores."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import rasterio.features
+from affine import Affine
+from shapely.geometry import box
+
+from toolkit import vectorize
+from toolkit.metrics import object_f1, pixel_scores, psnr, ssim
+
+
+@pytest.fixture(scope="module")
+def atlanta_mask(atlanta):
+    """The 43 real footprints rasterized on the Atlanta grid, and the grid."""
+    footprints = gpd.read_file(atlanta["footprints"])
+    with rasterio.open(atlanta["image"]) as src:
+        mask = rasterio.features.rasterize(((g, 1) for g in footprints.geometry), out_shape=src.shape,
+                                           transform=src.transform, dtype=np.uint8)
+        return footprints, mask, src.transform, src.crs, src.profile
+
+
+def test_vectorize_gives_back_the_footprints(atlanta_mask, tmp_path):
+    footprints, mask, transform, crs, profile = atlanta_mask
+    polygons = vectorize(mask, transform=transform, crs=crs)
+    assert polygons.crs == crs and set(polygons.geom_type) <= {"Polygon"}
+    # areas within rasterization error: half a pixel (0.25 m²) along each outline
+    pixel = abs(transform.a * transform.e)
+    tolerance = 0.5 * footprints.geometry.length.sum() * abs(transform.a) + pixel
+    assert abs(polygons["area"].sum() - footprints.area.sum()) < tolerance
+    scores = object_f1(polygons, footprints)
+    assert scores["f1"] > 0.9, scores
+    # the same from a GeoTIFF, and written to a GeoPackage with its CRS
+    raster = tmp_path / "mask.tif"
+    with rasterio.open(raster, "w", **(profile | {"dtype": "uint8", "nodata": None})) as dst:
+        dst.write(mask[None])
+    from_file = vectorize(raster)
+    assert len(from_file) == len(polygons) and from_file.crs == crs
+    from_file.to_file(tmp_path / "footprints.gpkg")
+    back = gpd.read_file(tmp_path / "footprints.gpkg")
+    assert back.crs == crs and len(back) == len(polygons)
+
+
+def test_vectorize_options(atlanta_mask):
+    footprints, mask, transform, crs, _ = atlanta_mask
+    noisy = mask.copy()
+    noisy[5:7, 5:7] = 1  # speckle: a 2 x 2 px blob (1 m²)
+    plain = vectorize(noisy, transform=transform, crs=crs)
+    assert len(vectorize(noisy, transform=transform, crs=crs, min_area=2.0)) == len(plain) - 1
+    assert len(vectorize(noisy, transform=transform, crs=crs, opening=2)) < len(plain)
+    simple = vectorize(mask, transform=transform, crs=crs, simplify_tolerance=1.0)
+    vertices = lambda g: sum(len(p.exterior.coords) for p in g.geometry)  # noqa: E731
+    assert vertices(simple) < vertices(plain) and len(simple) == len(vectorize(mask, transform=transform, crs=crs))
+    scores = np.where(mask > 0, 0.8, 0.1).astype(np.float32)  # a score raster, threshold 0.5
+    assert len(vectorize(scores, transform=transform, crs=crs)) == len(simple)
+    hole = np.zeros((20, 20), np.uint8)
+    hole[2:18, 2:18] = 1
+    hole[8:12, 8:12] = 0
+    ring = vectorize(hole, transform=Affine.identity(), crs=None)
+    assert len(ring) == 1 and len(ring.geometry[0].interiors) == 1 and ring["area"][0] == 16 * 16 - 16
+    with pytest.raises(ValueError, match="transform"):
+        vectorize(hole)
+
+
+def test_pixel_scores_by_hand():
+    truth = np.zeros((4, 4), bool)
+    truth[:2, :2] = True  # 4 px
+    pred = np.zeros((4, 4), bool)
+    pred[:2, :3] = True  # 6 px, 4 right
+    s = pixel_scores(pred, truth)
+    assert s["iou"] == pytest.approx(4 / 6) and s["precision"] == pytest.approx(4 / 6)
+    assert s["recall"] == 1.0 and s["f1"] == pytest.approx(0.8) and s["accuracy"] == pytest.approx(14 / 16)
+    empty = np.zeros((4, 4), bool)
+    assert pixel_scores(empty, truth) | {} == {"iou": 0.0, "f1": 0.0, "precision": 0.0, "recall": 0.0,
+                                                "accuracy": 0.75}
+    assert pixel_scores(pred, empty)["precision"] == 0.0 and pixel_scores(pred, empty)["recall"] == 0.0
+    assert pixel_scores(empty, empty)["f1"] == 1.0 and pixel_scores(truth, truth)["iou"] == 1.0
+
+
+def test_pixel_scores_of_rasters(atlanta_mask, tmp_path):
+    _, mask, transform, crs, profile = atlanta_mask
+    paths = []
+    for name, data in (("pred", np.roll(mask, 2, axis=1)), ("truth", mask)):
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", **(profile | {"dtype": "uint8", "nodata": None})) as dst:
+            dst.write(data[None])
+        paths.append(path)
+    s = pixel_scores(*paths)
+    assert 0.7 < s["iou"] < 1.0 and s == pixel_scores(np.roll(mask, 2, axis=1) > 0, mask > 0)
+    shifted = tmp_path / "shifted.tif"
+    with rasterio.open(shifted, "w", **(profile | {"dtype": "uint8", "nodata": None,
+                                                   "transform": transform @ Affine.translation(1, 0)})) as dst:
+        dst.write(mask[None])
+    with pytest.raises(ValueError, match="different grids"):
+        pixel_scores(shifted, paths[1])
+
+
+def test_object_f1_by_hand():
+    truth = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10), box(20, 0, 30, 10)], crs="EPSG:32616")
+    good = gpd.GeoDataFrame(geometry=[box(1, 0, 11, 10), box(20, 0, 30, 10)], crs="EPSG:32616")
+    assert object_f1(good, truth) == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "tp": 2, "fp": 0, "fn": 0}
+    empty = gpd.GeoDataFrame(geometry=[], crs="EPSG:32616")
+    assert object_f1(empty, truth) | {} == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "tp": 0, "fp": 0, "fn": 2}
+    assert object_f1(good, empty)["fp"] == 2 and object_f1(good, empty)["f1"] == 0.0
+    assert object_f1(empty, empty)["f1"] == 1.0
+    # one prediction spanning both truths: IoU 100/300 with each, below 0.5: no match
+    span = gpd.GeoDataFrame(geometry=[box(0, 0, 30, 10)], crs="EPSG:32616")
+    assert object_f1(span, truth) | {} == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "tp": 0, "fp": 1, "fn": 2}
+    # two predictions on one truth: one is matched, the other is a false positive
+    twice = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10), box(0, 0, 9, 10)], crs="EPSG:32616")
+    assert object_f1(twice, truth.iloc[:1])[("tp")] == 1 and object_f1(twice, truth.iloc[:1])["fp"] == 1
+    # predictions in another CRS are reprojected to the truth's
+    assert object_f1(good.to_crs("EPSG:4326"), truth)["tp"] == 2
+
+
+def test_psnr_and_ssim_by_hand():
+    a = np.zeros((1, 16, 16))
+    b = a + 0.1
+    assert psnr(a, b, data_range=2.0) == pytest.approx(10 * np.log10(4 / 0.01))
+    assert psnr(a, a, data_range=2.0) == float("inf")
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 32, 32))
+    assert ssim(image, image, data_range=2.0) == pytest.approx(1.0)
+    assert abs(ssim(image, rng.uniform(-1, 1, (2, 32, 32)), data_range=2.0)) < 0.1  # unrelated images
