@@ -1,15 +1,15 @@
 """predict_raster over an 8192 x 8192 3-band raster against the bare generator forward.
 
 The raster is a mosaic of the real Rotterdam multispectral sample (3 bands, uint16). The model:
-a Pix2Pix trained for one epoch on the data_loading folder (3 x uint16 -> 1 band, 256 px chips),
-ngf 8 on the CPU (a "small model"), ngf 64 with ``--full``. In the same run, each in a fresh
-process:
+a Pix2Pix trained for a few batches on the data_loading folder (3 x uint16 -> 1 band, 256 px
+chips), ngf 8 by default (a "small model" for the CPU), ``--ngf 64`` for the paper's size. In the
+same run, each in a fresh process:
 
 - ``predict_raster`` (256 px windows, padding 64, batch 8): pixels/s and peak RSS (VmHWM);
 - the bare generator forward over the same number of 256 px windows in batches of 8, in eval
   mode without gradients (the upper bound on what any whole-raster inference can do).
 
-    .venv/bin/python benchmarks/predict_raster.py [--full] [--size 8192]
+    .venv/bin/python benchmarks/predict_raster.py [--ngf 8] [--size 8192]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def run(mode, emd, raster, out, n_windows) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(size: int, full: bool) -> None:
+def main(size: int, ngf: int) -> None:
     tmp = Path(tempfile.gettempdir())
     folder = tmp / "toolkit_bench_5000"
     if not (folder / "map.txt").is_file():
@@ -94,7 +94,6 @@ def main(size: int, full: bool) -> None:
     raster = tmp / f"toolkit_bench_mosaic_{size}.tif"
     if not raster.is_file():
         mosaic(size, raster)
-    ngf = 64 if full else 8
     emd = train_model(ngf, folder, tmp / f"toolkit_bench_model_ngf{ngf}")
     stride, pad = 128, 64
     n = math.ceil((size + 2 * pad - 256) / stride) + 1
@@ -111,4 +110,6 @@ def main(size: int, full: bool) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(int(args[args.index("--size") + 1]) if "--size" in args else 8192, "--full" in args)
+    size = int(args[args.index("--size") + 1]) if "--size" in args else 8192
+    ngf = int(args[args.index("--ngf") + 1]) if "--ngf" in args else 8
+    main(size, ngf)
