@@ -371,3 +371,19 @@ def test_unknown_resampling_name(rotterdam, tmp_path):
     check_refused(out, ValueError, "resampling", lambda: export_training_data(
         rotterdam["multispectral_1"], out, additional_input_raster=rotterdam["panchromatic_1"],
         resampling="smooth", progress=False))
+
+
+def test_only_tiles_with_features(atlanta, tmp_path):
+    every = export_training_data(atlanta["image"], tmp_path / "all", in_class_data=atlanta["footprints"],
+                                 tile_size=128, progress=False)
+    some = export_training_data(atlanta["image"], tmp_path / "some", in_class_data=atlanta["footprints"],
+                                tile_size=128, output_nofeature_tiles=False, progress=False)
+    with_features = [p for p in every.labels if read(p)[0].any()]
+    assert some.num_chips == len(with_features) < every.num_chips
+    assert some.skipped == every.num_chips - len(with_features)
+    assert all(read(p)[0].any() for p in some.labels)
+    # chips are numbered without gaps, and each keeps its own window's georeference
+    assert [p.name for p in some.labels] == [f"{i:09d}.tif" for i in range(some.num_chips)]
+    assert [read(p)[1] for p in some.labels] == [read(p)[1] for p in with_features]
+    with pytest.raises(ValueError, match="needs in_class_data"):
+        export_training_data(atlanta["image"], tmp_path / "x", output_nofeature_tiles=False)

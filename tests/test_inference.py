@@ -126,7 +126,7 @@ def test_wrong_band_count_and_resolution(mask_model, rotterdam, atlanta, tmp_pat
         dst.write(data)
     with pytest.warns(UserWarning, match="trained on 0.5"):
         mask_model.predict_raster(coarse, tmp_path / "coarse_out.tif", progress=False)
-    assert not list(tmp_path.glob(".x.tif*"))
+    assert not list(tmp_path.glob(".x.*"))
 
 
 def test_a_failure_leaves_no_output(mask_model, atlanta, tmp_path, monkeypatch):

@@ -310,3 +310,36 @@ def test_pretrained_path_and_early_stopping(trained, ms2pan_data, tmp_path):
     assert 1 <= len(again.history) <= 2
     with pytest.raises(ValueError, match="monitor .accuracy. is not recorded during fit"):
         again.fit(1, monitor="accuracy")
+
+
+def test_interactive_results_viewer(trained):
+    model, _ = trained
+    viewer = model.show_results(interactive=True)
+    first = bytes(viewer.image.value)
+    assert first.startswith(b"\x89PNG") and viewer.index.max == len(model.data.valid_ds) - 1
+    viewer.index.value = 3  # drive the slider: another chip is rendered
+    assert bytes(viewer.image.value) != first
+    assert [p.description for p in viewer.band_pickers] == ["Red", "Green", "Blue"]
+    shown = bytes(viewer.image.value)
+    viewer.band_pickers[0].value = 3  # show the fourth band as red
+    assert viewer.rgb_bands == [3, 1, 2] and bytes(viewer.image.value) != shown
+
+
+def test_balanced_l1_weighs_class_and_background_equally():
+    from toolkit.models.gan import balanced_l1
+
+    target = -torch.ones(1, 2, 4, 4)
+    target[0, 0, 0, 0] = 1  # band 0: 1 class pixel of 16; band 1: no class pixel
+    pred = torch.zeros(1, 2, 4, 4)
+    # band 0: class error 1 (weight 1/2), background error 1 (weight 1/2); band 1: error 1
+    assert float(balanced_l1(pred, target)) == pytest.approx(1.0)
+    pred[0, 0, 0, 0] = 1  # the class pixel right: only the background half is wrong
+    assert float(balanced_l1(pred, target)) == pytest.approx((0.5 + 1.0) / 2)
+    pred[0, 0] = -1
+    pred[0, 0, 0, 0] = 1
+    assert float(balanced_l1(pred, target)) == pytest.approx(0.5)  # band 0 right, band 1 wrong
+
+
+def test_class_balance_only_for_mask_targets(ms2pan_data):
+    with pytest.raises(ValueError, match="class_balance"):
+        Pix2Pix(ms2pan_data, ngf=8, ndf=8, class_balance=True)

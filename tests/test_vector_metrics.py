@@ -11,7 +11,7 @@ from affine import Affine
 from shapely.geometry import box
 
 from toolkit import vectorize
-from toolkit.metrics import object_f1, pixel_scores, psnr, ssim
+from toolkit.metrics import footprint_scores, object_f1, pixel_scores, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,21 @@ def test_psnr_and_ssim_by_hand():
     image = rng.uniform(-1, 1, (2, 32, 32))
     assert ssim(image, image, data_range=2.0) == pytest.approx(1.0)
     assert abs(ssim(image, rng.uniform(-1, 1, (2, 32, 32)), data_range=2.0)) < 0.1  # unrelated images
+
+
+def test_footprint_scores_in_a_held_out_area(atlanta_mask, tmp_path):
+    footprints, mask, transform, crs, profile = atlanta_mask
+    raster = tmp_path / "mask.tif"
+    with rasterio.open(raster, "w", **(profile | {"dtype": "uint8", "nodata": None})) as dst:
+        dst.write(mask[None])
+    predicted = vectorize(raster)
+    everywhere = footprint_scores(raster, predicted, footprints)
+    assert everywhere["pixel"]["iou"] > 0.97 and everywhere["object"]["f1"] > 0.9
+    east = box(*(transform @ (600, 900)), *(transform @ (900, 0)))
+    held_out = footprint_scores(raster, predicted, footprints, area=east)
+    assert held_out["object"]["tp"] + held_out["object"]["fn"] < len(footprints)
+    assert held_out["pixel"]["iou"] > 0.97
+    # the truth in another CRS gives the same scores
+    again = footprint_scores(raster, predicted, footprints.to_crs("EPSG:4326"), area=east)
+    assert again["object"] == held_out["object"]
+    assert again["pixel"]["iou"] == pytest.approx(held_out["pixel"]["iou"], abs=0.01)

@@ -55,7 +55,7 @@ class ExportSummary:
     images2: list[Path] = field(default_factory=list)
     labels: list[Path] = field(default_factory=list)
     classes: list[dict] = field(default_factory=list)  # [{"Value", "Name", "Color"}]
-    skipped: int = 0  # tiles left out: all nodata, or below min_valid_fraction
+    skipped: int = 0  # tiles left out: all nodata, below min_valid_fraction, or without features
 
     def __repr__(self) -> str:
         parts = [f"{self.num_chips} chips of {self.chip_size[0]}x{self.chip_size[1]} px",
@@ -102,6 +102,7 @@ def export_training_data(
     edge: str = "trim",
     image_format: str = "tif",
     min_valid_fraction: float = 0.0,
+    output_nofeature_tiles: bool = True,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExportSummary:
@@ -144,6 +145,9 @@ def export_training_data(
             uint16 bands only).
         min_valid_fraction: skip chips whose share of valid (not nodata) pixels is below this;
             chips that are entirely nodata are always skipped.
+        output_nofeature_tiles: Classified_Tiles: also write chips whose label holds no class
+            (``False`` keeps only chips with features, ArcGIS's ``ONLY_TILES_WITH_FEATURES``;
+            useful when the features are sparse).
         overwrite: replace ``out_folder`` if it already holds files.
         progress: show a progress bar.
 
@@ -161,6 +165,8 @@ def export_training_data(
         raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}.")
     if int(contour_width) != contour_width or contour_width < 0:
         raise ValueError(f"contour_width must be a whole number of pixels >= 0, got {contour_width}.")
+    if not output_nofeature_tiles and in_class_data is None:
+        raise ValueError("output_nofeature_tiles=False keeps chips with features: it needs in_class_data.")
     metadata_format = _metadata_format(metadata_format, additional_input_raster, in_class_data)
     out_folder = check_output_folder(out_folder, overwrite=overwrite)
     chip_ext, driver, world_ext = esri.IMAGE_FORMATS[image_format]
@@ -207,6 +213,11 @@ def export_training_data(
                 transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
                 if out_size != tile:
                     transform = transform @ Affine.scale(tile[0] / out_size[0], tile[1] / out_size[1])
+                label = labels.chip(window, transform, out_size) if labels is not None else None
+                if label is not None and not output_nofeature_tiles and not label.any():
+                    summary.skipped += 1
+                    continue
+                if out_size != tile:
                     chips = [(r, *_resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
                 name = esri.chip_name(summary.num_chips, chip_ext)
                 row_paths = []
@@ -215,8 +226,7 @@ def export_training_data(
                                 driver, world_ext)
                     st.update(data, band_valid)
                     row_paths.append(f"{folder}/{name}")
-                if labels is not None:
-                    label = labels.chip(window, transform, out_size)
+                if label is not None:
                     _write_chip(staging / esri.LABELS / name, label, transform, grid.crs, None,
                                 driver, world_ext)
                     class_counts.append(np.bincount(label.ravel()))

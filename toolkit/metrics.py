@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-__all__ = ["confusion", "object_f1", "pixel_scores", "psnr", "scores_from_confusion", "ssim"]
+__all__ = ["confusion", "footprint_scores", "object_f1", "pixel_scores", "psnr",
+           "scores_from_confusion", "ssim"]
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, data_range: float) -> float:
@@ -148,3 +149,40 @@ def _geometries(polygons, like) -> np.ndarray:
         geoms = shapely.make_valid(geoms)
         geoms = geoms[~shapely.is_empty(geoms)]
     return geoms
+
+
+def footprint_scores(prediction: str | os.PathLike, footprints, truth, *, area=None,
+                     threshold: float = 0.5, iou_threshold: float = 0.5) -> dict[str, dict]:
+    """Pixel and object scores of predicted building footprints against true ones.
+
+    Args:
+        prediction: the mask / score / class raster the footprints came from.
+        footprints: the predicted polygons (:func:`toolkit.vectorize` of ``prediction``).
+        truth: the true polygons (any CRS; reprojected to the raster's).
+        area: a shapely geometry in the raster's CRS (e.g. a held-out part of the scene): only
+            pixels inside it count, and polygons are clipped to it.
+
+    Returns:
+        ``{"pixel": pixel_scores(...), "object": object_f1(...)}``.
+    """
+    import geopandas as gpd
+    import rasterio
+    import rasterio.features
+
+    from toolkit.vector import footprint_mask
+
+    with rasterio.open(prediction) as src:
+        predicted = footprint_mask(src.read(), threshold, src.nodata)
+        transform, shape, crs = src.transform, (src.height, src.width), src.crs
+    truth = truth.to_crs(crs) if crs is not None and truth.crs is not None else truth
+    true_mask = np.zeros(shape, bool)
+    if len(truth):
+        true_mask = rasterio.features.rasterize(((g, 1) for g in truth.geometry), out_shape=shape,
+                                                transform=transform).astype(bool)
+    inside = np.ones(shape, bool)
+    if area is not None:
+        inside = rasterio.features.rasterize([(area, 1)], out_shape=shape, transform=transform).astype(bool)
+        clip = gpd.GeoDataFrame(geometry=[area], crs=crs)
+        footprints, truth = gpd.clip(footprints, clip), gpd.clip(truth, clip)
+    return {"pixel": scores_from_confusion(confusion(predicted[inside], true_mask[inside])),
+            "object": object_f1(footprints, truth, iou_threshold)}

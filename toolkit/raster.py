@@ -19,7 +19,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-__all__ = ["Grid", "AlignedReader", "bounds_overlap", "open_raster", "pixel_bounds",
+__all__ = ["Grid", "AlignedReader", "bounds_overlap", "clip_raster", "open_raster", "pixel_bounds",
            "streaming_env", "write_raster"]
 
 # GDAL's block cache defaults to 5% of RAM and keeps every block read, so one pass over a large
@@ -166,3 +166,32 @@ def write_raster(path: str | os.PathLike, data: np.ndarray, *, transform: Affine
     with rasterio.open(path, "w", driver=driver, width=width, height=height, count=bands,
                        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
         dst.write(data)
+
+
+def clip_raster(in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
+                window: Window | None = None, bounds: tuple[float, float, float, float] | None = None,
+                overwrite: bool = False) -> Path:
+    """Write the part of ``in_raster`` inside a pixel ``window`` or map ``bounds`` (left, bottom,
+    right, top, in its CRS) to ``out_raster``, keeping CRS, transform, dtype and nodata.
+
+    Used to hold out part of a scene for evaluation, or to cut a study area.
+    """
+    from rasterio.windows import from_bounds
+
+    from toolkit._fs import atomic_file
+
+    out_raster = Path(out_raster)
+    if out_raster.exists() and not overwrite:
+        raise FileExistsError(f"out_raster {out_raster} exists; pass overwrite=True to replace it.")
+    if (window is None) == (bounds is None):
+        raise ValueError("clip_raster takes a window or bounds (one of them).")
+    with open_raster(in_raster, "in_raster") as src:
+        if bounds is not None:
+            window = from_bounds(*bounds, transform=src.transform)
+        window = window.round_offsets().round_lengths().intersection(Window(0, 0, src.width, src.height))
+        profile = src.profile | {"width": int(window.width), "height": int(window.height),
+                                 "transform": src.window_transform(window)}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return out_raster

@@ -7,6 +7,7 @@ draws ``show_batch`` and ``show_results``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,3 +81,103 @@ def show_grid(columns: dict[str, list[np.ndarray]], *, cell_size: float = 3.0,
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def show_raster(path, *, rgb_bands: Sequence[int] | None = None, ax=None, title: str | None = None,
+                cmap: str = "gray"):
+    """Draw a raster georeferenced: axes in its CRS coordinates, bands picked and stretched as in
+    :func:`to_display` (nodata and NaN transparent). Returns the axes."""
+    import rasterio
+    from rasterio.plot import plotting_extent
+
+    with rasterio.open(path) as src:
+        data = src.read().astype(np.float64)
+        if src.nodata is not None:
+            data[data == src.nodata] = np.nan
+        extent, crs = plotting_extent(src), src.crs
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    picture = to_display(data, rgb_bands)
+    missing = np.isnan(data).all(axis=0)
+    if picture.ndim == 2:
+        picture = np.ma.masked_where(missing, picture)
+        ax.imshow(picture, cmap=cmap, vmin=0, vmax=1, extent=extent)
+    else:
+        ax.imshow(np.dstack([picture, (~missing).astype(float)]), extent=extent)
+    ax.set_title(title or Path(path).name)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # long map coordinates: few ticks
+    ax.yaxis.set_major_locator(plt.MaxNLocator(4))
+    ax.ticklabel_format(useOffset=False, style="plain")
+    if crs is not None:
+        ax.set_xlabel(crs.to_string())
+    return ax
+
+
+def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = None,
+                    colors: Sequence[str] = ("#ff7f0e", "#2ca02c", "#d62728", "#1f77b4"),
+                    cell_size: float = 6.0) -> Figure:
+    """One panel per layer: the image (a raster path) with that layer's polygons outlined, e.g.
+    ``{"Predicted": footprints, "Ground truth": truth}``; polygons are reprojected to the image's
+    CRS. Returns the figure."""
+    import rasterio
+
+    with rasterio.open(image) as src:
+        crs = src.crs
+    fig, axes = plt.subplots(1, len(layers), figsize=(cell_size * len(layers), cell_size), squeeze=False)
+    for ax, (title, polygons), color in zip(axes[0], layers.items(), colors):
+        show_raster(image, rgb_bands=rgb_bands, ax=ax, title=f"{title} ({len(polygons)})")
+        if crs is not None and polygons.crs is not None and polygons.crs != crs:
+            polygons = polygons.to_crs(crs)
+        if len(polygons):
+            polygons.boundary.plot(ax=ax, color=color, linewidth=1.5)
+    fig.tight_layout()
+    return fig
+
+
+class ResultsViewer:
+    """An ipywidgets viewer that pages through samples: Input / Target / Prediction.
+
+    ``sample(i)`` returns ``(input, target_picture, prediction_picture)``: the input as
+    ``(bands, h, w)`` and the two others ready to show (:func:`to_display`, :func:`mask_to_rgb`).
+    With three or more input bands, three drop-downs pick the bands shown as red, green, blue.
+    ``widget`` is the ipywidgets box to display; ``index`` its slider; ``image`` the rendering.
+    """
+
+    def __init__(self, sample, n_samples: int, band_names: Sequence[str],
+                 rgb_bands: Sequence[int] | None = None) -> None:
+        import ipywidgets as widgets
+
+        self.sample = sample
+        self.index = widgets.IntSlider(value=0, min=0, max=max(n_samples - 1, 0), description="Chip")
+        self.band_pickers = []
+        if len(band_names) >= 3:
+            chosen = list(rgb_bands) if rgb_bands is not None else default_rgb_bands(len(band_names))
+            options = [(name, i) for i, name in enumerate(band_names)]
+            self.band_pickers = [widgets.Dropdown(options=options, value=b, description=label)
+                                 for label, b in zip(("Red", "Green", "Blue"), chosen)]
+        self.image = widgets.Image(format="png")
+        for control in [self.index, *self.band_pickers]:
+            control.observe(lambda _: self.render(), names="value")
+        controls = [self.index] + ([widgets.HBox(self.band_pickers)] if self.band_pickers else [])
+        self.widget = widgets.VBox([*controls, self.image])
+        self.render()
+
+    @property
+    def rgb_bands(self) -> list[int] | None:
+        return [p.value for p in self.band_pickers] or None
+
+    def render(self) -> None:
+        import io
+
+        x, target, prediction = self.sample(self.index.value)
+        fig = show_grid({"Input": [to_display(x, self.rgb_bands)], "Target": [target],
+                         "Prediction": [prediction]})
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=72)
+        plt.close(fig)
+        self.image.value = buffer.getvalue()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -66,6 +66,10 @@ class Pix2Pix:
         lambda_l1: weight of the L1 term (100 in the paper).
         gan_weight: weight of the adversarial term; 0 gives a plain L1 U-Net (the baseline).
         norm: ``"batch"`` (the paper) or ``"instance"``.
+        class_balance: mask targets (Classified_Tiles) only: weigh each class's pixels and the
+            rest equally in the L1 term (:func:`toolkit.models.gan.balanced_l1`), and report that
+            as ``valid_loss``. For sparse classes such as buildings, where the paper's L1 favours
+            predicting background everywhere.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
         working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
     """
@@ -76,12 +80,15 @@ class Pix2Pix:
     def __init__(self, data, *, pretrained_path: str | os.PathLike | None = None,
                  backbone: str | None = None, ngf: int = 64, ndf: int = 64,
                  lambda_l1: float = 100.0, gan_weight: float = 1.0, norm: str = "batch",
-                 backbone_weights: str | os.PathLike | None = None,
+                 class_balance: bool = False, backbone_weights: str | os.PathLike | None = None,
                  mixed_precision: bool | None = None,
                  working_dir: str | os.PathLike | None = None) -> None:
         if data is None:
             raise ValueError("Pix2Pix needs data from prepare_data(); to load a saved model for "
                              "inference without data use Pix2Pix.from_model(path).")
+        if class_balance and data.dataset_type != CLASSIFIED_TILES:
+            raise ValueError("class_balance weighs the classes of a mask target; this data's target "
+                             "is an image (dataset_type 'Pix2Pix').")
         size = data.chip_size
         config = {
             "n_bands_in": data.n_bands_in, "n_bands_out": data.n_bands_out,
@@ -89,6 +96,7 @@ class Pix2Pix:
             "dataset_type": data.dataset_type, "backbone": backbone,
             "depth": None if backbone else unet_depth(size), "ngf": ngf, "ndf": ndf,
             "norm": norm, "lambda_l1": lambda_l1, "gan_weight": gan_weight,
+            "class_balance": bool(class_balance),
             "extract_bands": data.train_ds.extract_bands,
             "cell_size": list(data.cell_size) if data.cell_size else None,
         }
@@ -119,7 +127,8 @@ class Pix2Pix:
         self.discriminator = init_weights(PatchDiscriminator(config["n_bands_in"] + config["n_bands_out"],
                                                              ndf=config["ndf"], norm=config["norm"]))
         self.trainer = GANTrainer(self.discriminator, lambda_l1=config["lambda_l1"],
-                                  gan_weight=config["gan_weight"])
+                                  gan_weight=config["gan_weight"],
+                                  class_balance=config.get("class_balance", False))
         self.models_dir = Path(working_dir) if working_dir else (
             Path(data.path) / "models" if data is not None else None)
         self.learn = None
@@ -395,8 +404,13 @@ class Pix2Pix:
             return viz.mask_to_rgb(self.target_norm.decode(y), self.target_norm.classes)
         return viz.to_display(y)
 
-    def show_results(self, rows: int = 4, rgb_bands=None, **kwargs) -> Figure:
-        """Input / Target / Prediction columns for the first ``rows`` validation chips."""
+    def show_results(self, rows: int = 4, rgb_bands=None, interactive: bool = False, **kwargs):
+        """Input / Target / Prediction columns for the first ``rows`` validation chips; returns
+        the figure. ``interactive=True`` returns a :class:`toolkit.viz.ResultsViewer` instead: a
+        widget with a slider over all validation chips and, for 3 or more input bands, the bands
+        to show as red, green and blue."""
+        if interactive:
+            return self._results_viewer(rgb_bands)
         xs, ys, ps = [], [], []
         for x, y, pred in self._validation_batches():
             xs.extend(x)
@@ -409,6 +423,18 @@ class Pix2Pix:
                    "Target": [self._display_target(y) for y in ys[:rows]],
                    "Prediction": [self._display_target(p) for p in ps[:rows]]}
         return viz.show_grid(columns, **kwargs)
+
+    def _results_viewer(self, rgb_bands=None) -> viz.ResultsViewer:
+        self._require_data("show_results")
+        dataset = self.data.valid_ds
+
+        def sample(i: int):
+            x, y = (t.numpy() for t in dataset[i])
+            prediction = self._generate(x[np.newaxis])[0]
+            return x, self._display_target(y), self._display_target(prediction)
+
+        rgb = rgb_bands if rgb_bands is not None else getattr(self.data, "rgb_bands", None)
+        return viz.ResultsViewer(sample, len(dataset), self.input_norm.band_names, rgb_bands=rgb)
 
     def plot_losses(self) -> Figure:
         """Training and validation loss per epoch, and the GAN terms (G and D)."""
