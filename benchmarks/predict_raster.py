@@ -9,7 +9,7 @@ same run, each in a fresh process:
 - the bare generator forward over the same number of 256 px windows in batches of 8, in eval
   mode without gradients (the upper bound on what any whole-raster inference can do).
 
-    .venv/bin/python benchmarks/predict_raster.py [--ngf 8] [--size 8192]
+    .venv/bin/python benchmarks/predict_raster.py [--ngf 8] [--size 8192] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def run(mode, emd, raster, out, n_windows) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(size: int, ngf: int) -> None:
+def main(size: int, ngf: int, repeat: int) -> None:
     tmp = Path(tempfile.gettempdir())
     folder = tmp / "toolkit_bench_5000"
     if not (folder / "map.txt").is_file():
@@ -97,19 +97,26 @@ def main(size: int, ngf: int) -> None:
     emd = train_model(ngf, folder, tmp / f"toolkit_bench_model_ngf{ngf}")
     stride, pad = 128, 64
     n = math.ceil((size + 2 * pad - 256) / stride) + 1
-    ours = run("toolkit", emd, raster, tmp / "toolkit_bench_prediction.tif", n * n)
-    bare = run("bare", emd, raster, "-", n * n)
+    # Runs on this machine vary by 10-25%: alternate the two, several times, and compare medians.
+    ours, bare = [], []
+    for _ in range(repeat):
+        ours.append(run("toolkit", emd, raster, tmp / "toolkit_bench_prediction.tif", n * n))
+        bare.append(run("bare", emd, raster, "-", n * n))
     pixels = size * size
-    print(f"{size} x {size} x 3 px, 256 px windows, padding 64: {n * n} windows, ngf {ngf}")
-    print(f"predict_raster: {ours['seconds']:.1f} s, {pixels / ours['seconds'] / 1e6:.2f} Mpx/s, "
-          f"peak RSS {ours['peak_rss_mb']:.0f} MB")
-    print(f"bare forward:   {bare['seconds']:.1f} s, {pixels / bare['seconds'] / 1e6:.2f} Mpx/s, "
-          f"peak RSS {bare['peak_rss_mb']:.0f} MB")
-    print(f"predict_raster reaches {bare['seconds'] / ours['seconds']:.0%} of the bare forward's rate")
+    print(f"{size} x {size} x 3 px, 256 px windows, padding 64: {n * n} windows, ngf {ngf}, "
+          f"{repeat} alternating runs each")
+    for name, results in (("predict_raster", ours), ("bare forward", bare)):
+        seconds = sorted(r["seconds"] for r in results)
+        print(f"{name + ':':<16} median {np.median(seconds):.1f} s ({', '.join(f'{t:.1f}' for t in seconds)}), "
+              f"{pixels / np.median(seconds) / 1e6:.2f} Mpx/s, "
+              f"peak RSS {max(r['peak_rss_mb'] for r in results):.0f} MB")
+    ratio = np.median([r["seconds"] for r in bare]) / np.median([r["seconds"] for r in ours])
+    print(f"predict_raster reaches {ratio:.0%} of the bare forward's rate (medians)")
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     size = int(args[args.index("--size") + 1]) if "--size" in args else 8192
     ngf = int(args[args.index("--ngf") + 1]) if "--ngf" in args else 8
-    main(size, ngf)
+    repeat = int(args[args.index("--repeat") + 1]) if "--repeat" in args else 3
+    main(size, ngf, repeat)
