@@ -46,3 +46,17 @@ def test_plot_footprints_reprojects_each_layer(atlanta):
     np.testing.assert_allclose(outline_b.min(axis=0), outline_a.min(axis=0), atol=0.01)
     np.testing.assert_allclose(outline_b.max(axis=0), outline_a.max(axis=0), atol=0.01)
     plt.close(fig)
+
+
+def test_plot_footprints_outlines_an_area(atlanta):
+    from shapely.geometry import box
+
+    truth = gpd.read_file(atlanta["footprints"])
+    with rasterio.open(atlanta["image"]) as src:
+        east = box(*(src.transform @ (600, src.height)), *(src.transform @ (src.width, 0)))
+    fig = plot_footprints(atlanta["image"], {"Truth": truth}, area=east, area_label="held out")
+    (ax,) = fig.axes
+    (line,) = ax.lines
+    np.testing.assert_allclose(sorted(set(line.get_xdata())), [east.bounds[0], east.bounds[2]])
+    assert [t.get_text() for t in ax.texts] == [" held out"]
+    plt.close(fig)

@@ -114,11 +114,13 @@ def show_raster(path, *, rgb_bands: Sequence[int] | None = None, ax=None, title:
 
 
 def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = None,
+                    area=None, area_label: str = "held out",
                     colors: Sequence[str] = ("#ff7f0e", "#2ca02c", "#d62728", "#1f77b4"),
                     cell_size: float = 6.0) -> Figure:
     """One panel per layer: the image (a raster path) with that layer's polygons outlined, e.g.
     ``{"Predicted": footprints, "Ground truth": truth}``; polygons are reprojected to the image's
-    CRS. Returns the figure."""
+    CRS. ``area`` (a shapely geometry in the image's CRS, such as the held-out part of a scene)
+    is outlined dashed in every panel and labelled ``area_label``. Returns the figure."""
     import rasterio
 
     with rasterio.open(image) as src:
@@ -130,6 +132,11 @@ def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = No
             polygons = polygons.to_crs(crs)
         if len(polygons):
             polygons.boundary.plot(ax=ax, color=color, linewidth=1.5)
+        if area is not None:
+            x, y = area.exterior.xy if hasattr(area, "exterior") else area.boundary.xy
+            ax.plot(x, y, color="white", linestyle="--", linewidth=1.2)
+            left, _, _, top = area.bounds
+            ax.text(left, top, f" {area_label}", color="white", va="top", fontsize=9)
     fig.tight_layout()
     return fig
 
