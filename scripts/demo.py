@@ -27,7 +27,7 @@ matplotlib.use("Agg")  # the demo writes figures to files
 import geopandas as gpd  # noqa: E402
 import rasterio  # noqa: E402
 import torch  # noqa: E402
-from rasterio.windows import Window  # noqa: E402
+from rasterio.windows import Window, bounds  # noqa: E402
 from shapely.geometry import box  # noqa: E402
 
 from toolkit import Pix2Pix, datasets, export_training_data, prepare_data, vectorize  # noqa: E402
@@ -96,8 +96,8 @@ def main(out: Path) -> dict:
 
     # 6. Scores on the held-out east third.
     with rasterio.open(prediction) as src:  # the two parts of the tile, in map coordinates
-        east = box(*(src.transform @ (TRAIN_COLUMNS, src.height)), *(src.transform @ (src.width, 0)))
-        west = box(*(src.transform @ (0, src.height)), *(src.transform @ (TRAIN_COLUMNS, 0)))
+        east = box(*bounds(Window(TRAIN_COLUMNS, 0, src.width - TRAIN_COLUMNS, src.height), src.transform))
+        west = box(*bounds(Window(0, 0, TRAIN_COLUMNS, src.height), src.transform))
     held_out = footprint_scores(prediction, footprints, truth, area=east)
     trained_on = footprint_scores(prediction, footprints, truth, area=west)
     _save(plot_footprints(sample["image"], {"Predicted": footprints, "Ground truth": truth}, area=east),

@@ -87,6 +87,15 @@ def show_raster(path, *, rgb_bands: Sequence[int] | None = None, ax=None, title:
                 cmap: str = "gray"):
     """Draw a raster georeferenced: axes in its CRS coordinates, bands picked and stretched as in
     :func:`to_display` (nodata and NaN transparent). Returns the axes."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    _draw_map(ax, _map_picture(path, rgb_bands), title or Path(path).name, cmap)
+    return ax
+
+
+def _map_picture(path, rgb_bands: Sequence[int] | None):
+    """A raster read once for drawing: the picture (masked grey or RGBA, nodata transparent),
+    its extent in map coordinates and its CRS."""
     import rasterio
     from rasterio.plot import plotting_extent
 
@@ -95,22 +104,24 @@ def show_raster(path, *, rgb_bands: Sequence[int] | None = None, ax=None, title:
         if src.nodata is not None:
             data[data == src.nodata] = np.nan
         extent, crs = plotting_extent(src), src.crs
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6))
     picture = to_display(data, rgb_bands)
     missing = np.isnan(data).all(axis=0)
     if picture.ndim == 2:
         picture = np.ma.masked_where(missing, picture)
-        ax.imshow(picture, cmap=cmap, vmin=0, vmax=1, extent=extent)
     else:
-        ax.imshow(np.dstack([picture, (~missing).astype(float)]), extent=extent)
-    ax.set_title(title or Path(path).name)
+        picture = np.dstack([picture, (~missing).astype(float)])
+    return picture, extent, crs
+
+
+def _draw_map(ax, map_picture, title: str, cmap: str = "gray") -> None:
+    picture, extent, crs = map_picture
+    ax.imshow(picture, cmap=cmap if picture.ndim == 2 else None, vmin=0, vmax=1, extent=extent)
+    ax.set_title(title)
     ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # long map coordinates: few ticks
     ax.yaxis.set_major_locator(plt.MaxNLocator(4))
     ax.ticklabel_format(useOffset=False, style="plain")
     if crs is not None:
         ax.set_xlabel(crs.to_string())
-    return ax
 
 
 def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = None,
@@ -121,20 +132,19 @@ def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = No
     ``{"Predicted": footprints, "Ground truth": truth}``; polygons are reprojected to the image's
     CRS. ``area`` (a shapely geometry in the image's CRS, such as the held-out part of a scene)
     is outlined dashed in every panel and labelled ``area_label``. Returns the figure."""
-    import rasterio
+    import geopandas as gpd
 
-    with rasterio.open(image) as src:
-        crs = src.crs
+    map_picture = _map_picture(image, rgb_bands)  # read once, drawn in every panel
+    crs = map_picture[2]
     fig, axes = plt.subplots(1, len(layers), figsize=(cell_size * len(layers), cell_size), squeeze=False)
     for ax, (title, polygons), color in zip(axes[0], layers.items(), colors):
-        show_raster(image, rgb_bands=rgb_bands, ax=ax, title=f"{title} ({len(polygons)})")
+        _draw_map(ax, map_picture, f"{title} ({len(polygons)})")
         if crs is not None and polygons.crs is not None and polygons.crs != crs:
             polygons = polygons.to_crs(crs)
         if len(polygons):
             polygons.boundary.plot(ax=ax, color=color, linewidth=1.5)
         if area is not None:
-            x, y = area.exterior.xy if hasattr(area, "exterior") else area.boundary.xy
-            ax.plot(x, y, color="white", linestyle="--", linewidth=1.2)
+            gpd.GeoSeries([area]).boundary.plot(ax=ax, color="white", linestyle="--", linewidth=1.2)
             left, _, _, top = area.bounds
             ax.text(left, top, f" {area_label}", color="white", va="top", fontsize=9)
     fig.tight_layout()

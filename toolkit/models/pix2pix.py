@@ -409,6 +409,7 @@ class Pix2Pix:
         the figure. ``interactive=True`` returns a :class:`toolkit.viz.ResultsViewer` instead: a
         widget with a slider over all validation chips and, for 3 or more input bands, the bands
         to show as red, green and blue."""
+        rgb_bands = rgb_bands if rgb_bands is not None else getattr(self.data, "rgb_bands", None)
         if interactive:
             return self._results_viewer(rgb_bands)
         xs, ys, ps = [], [], []
@@ -418,8 +419,7 @@ class Pix2Pix:
             ps.extend(pred)
             if len(xs) >= rows:
                 break
-        rgb = rgb_bands if rgb_bands is not None else getattr(self.data, "rgb_bands", None)
-        columns = {"Input": [viz.to_display(x, rgb) for x in xs[:rows]],
+        columns = {"Input": [viz.to_display(x, rgb_bands) for x in xs[:rows]],
                    "Target": [self._display_target(y) for y in ys[:rows]],
                    "Prediction": [self._display_target(p) for p in ps[:rows]]}
         return viz.show_grid(columns, **kwargs)
@@ -433,8 +433,7 @@ class Pix2Pix:
             prediction = self._generate(x[np.newaxis])[0]
             return x, self._display_target(y), self._display_target(prediction)
 
-        rgb = rgb_bands if rgb_bands is not None else getattr(self.data, "rgb_bands", None)
-        return viz.ResultsViewer(sample, len(dataset), self.input_norm.band_names, rgb_bands=rgb)
+        return viz.ResultsViewer(sample, len(dataset), self.input_norm.band_names, rgb_bands=rgb_bands)
 
     def plot_losses(self) -> Figure:
         """Training and validation loss per epoch, and the GAN terms (G and D)."""
