@@ -115,6 +115,13 @@ def test_object_f1_by_hand():
     assert object_f1(twice, truth.iloc[:1])[("tp")] == 1 and object_f1(twice, truth.iloc[:1])["fp"] == 1
     # predictions in another CRS are reprojected to the truth's
     assert object_f1(good.to_crs("EPSG:4326"), truth)["tp"] == 2
+    # a prediction that is a geometry collection (polygon + line sliver, as clipping can leave):
+    # scored by its area, like the polygon alone (IoU 90/110 here)
+    from shapely.geometry import GeometryCollection, LineString
+
+    mixed = gpd.GeoDataFrame(geometry=[GeometryCollection([box(1, 0, 11, 10), LineString([(11, 0), (15, 0)])])],
+                             crs="EPSG:32616")
+    assert object_f1(mixed, truth.iloc[:1]) == object_f1(good.iloc[:1], truth.iloc[:1])
 
 
 def test_psnr_and_ssim_by_hand():

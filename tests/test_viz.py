@@ -56,7 +56,9 @@ def test_plot_footprints_outlines_an_area(atlanta):
         east = box(*(src.transform @ (600, src.height)), *(src.transform @ (src.width, 0)))
     fig = plot_footprints(atlanta["image"], {"Truth": truth}, area=east, area_label="held out")
     (ax,) = fig.axes
-    (line,) = ax.lines
-    np.testing.assert_allclose(sorted(set(line.get_xdata())), [east.bounds[0], east.bounds[2]])
+    outline = ax.collections[-1]  # drawn after the footprints
+    vertices = np.concatenate([p.vertices for p in outline.get_paths()])
+    np.testing.assert_allclose([*vertices.min(axis=0), *vertices.max(axis=0)], east.bounds)
+    assert outline.get_linestyle()[0][1] is not None  # dashed
     assert [t.get_text() for t in ax.texts] == [" held out"]
     plt.close(fig)
