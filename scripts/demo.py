@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from rasterio.windows import Window, bounds  # noqa: E402
 from shapely.geometry import box  # noqa: E402
 
-from toolkit import Pix2Pix, datasets, export_training_data, prepare_data, vectorize  # noqa: E402
+from toolkit import Pix2Pix, datasets, export_training_data, prepare_data, vectorize, write_vector  # noqa: E402
 from toolkit._fs import atomic_file  # noqa: E402
 from toolkit.metrics import footprint_scores  # noqa: E402
 from toolkit.raster import clip_raster  # noqa: E402
@@ -75,7 +75,9 @@ def main(out: Path) -> dict:
 
     # 3. Train.
     # Buildings cover 2% of the tile: balance the L1 term between footprint and background.
-    model = Pix2Pix(data, ngf=settings["ngf"], ndf=settings["ngf"], class_balance=True)
+    # Checkpoints go to work/, not into the chip folder, which a rerun's export replaces.
+    model = Pix2Pix(data, ngf=settings["ngf"], ndf=settings["ngf"], class_balance=True,
+                    working_dir=work / "models")
     print(f"3. {model}: fit({settings['epochs']})")
     model.fit(settings["epochs"], lr=settings["lr"])
     _save(model.plot_losses(), out / "loss_graph.png")
@@ -83,15 +85,14 @@ def main(out: Path) -> dict:
     validation = model.compute_metrics()
 
     # 4. Save, and reload as a user would later, without the data.
-    emd = model.save(out / "model")
+    emd = model.save(out / "model", overwrite=True)  # a rerun replaces the last run's model
     model = Pix2Pix.from_model(emd)
     print(f"4. saved {emd.parent} and reloaded it")
 
     # 5. The whole tile, then polygons.
     prediction = model.predict_raster(sample["image"], out / "prediction.tif", overwrite=True)
     footprints = vectorize(prediction, min_area=10.0, simplify_tolerance=0.25)
-    with atomic_file(out / "footprints.gpkg") as tmp:
-        footprints.to_file(tmp, driver="GPKG", layer="footprints")
+    write_vector(footprints, out / "footprints.gpkg", overwrite=True)
     print(f"5. {prediction.name}: scores for the whole tile; {len(footprints)} footprints -> footprints.gpkg")
 
     # 6. Scores on the held-out east third.

@@ -341,8 +341,15 @@ def test_output_folder_that_holds_files(atlanta, tmp_path):
     check_refused(out, FileExistsError, "overwrite=True", lambda: export_training_data(
         atlanta["image"], out, tile_size=450, progress=False))
     assert (out / "keep.txt").read_text() == "mine"
+    # overwrite=True replaces only the toolkit's own output: the user's file is named, and kept
+    check_refused(out, FileExistsError, "keep.txt", lambda: export_training_data(
+        atlanta["image"], out, tile_size=450, overwrite=True, progress=False))
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     summary = export_training_data(atlanta["image"], out, tile_size=450, overwrite=True, progress=False)
-    assert summary.num_chips == 4 and not (out / "keep.txt").exists()
+    assert summary.num_chips == 4
+    summary = export_training_data(atlanta["image"], out, tile_size=300, overwrite=True, progress=False)
+    assert summary.num_chips == 9  # an earlier export is the toolkit's own: replaced
     assert no_leftovers(tmp_path, "full")
 
 

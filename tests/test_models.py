@@ -169,16 +169,17 @@ def test_resume_continues_an_interrupted_fit(ms2pan_data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         model.fit(4, lr=1e-3)
     model.learn.remove_cbs(Interrupt)
-    assert (tmp_path / "checkpoints" / "pix2pix_last.pth").is_file()
+    assert (tmp_path / "checkpoints" / f"pix2pix-{model.fit_id}_last.pth").is_file()
 
     fresh = Pix2Pix(ms2pan_data, ngf=8, ndf=8, working_dir=tmp_path)  # e.g. after a restart
+    with pytest.raises(ValueError, match="resume it with fit\\(4, resume=True\\)"):
+        fresh.fit(6, resume=True)
     counter = CountEpochs()
     fresh.learn.add_cb(counter)
     fresh.fit(4, resume=True)
     assert counter.trained == [2, 3]
     assert [r["epoch"] for r in fresh.history] == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="resume it with fit\\(4, resume=True\\)"):
-        fresh.fit(6, resume=True)
+    assert fresh.fit_id == model.fit_id
 
 
 def test_checkpoint_restores_the_best_epoch(ms2pan_data, tmp_path):

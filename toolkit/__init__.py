@@ -21,6 +21,7 @@ _EXPORTS = {
     "Pix2Pix": "toolkit.models",
     "predict_raster": "toolkit.inference",
     "vectorize": "toolkit.vector",
+    "write_vector": "toolkit.vector",
     "metrics": "toolkit.metrics",
     "datasets": "toolkit.datasets",
 }

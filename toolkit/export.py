@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from toolkit import esri
 from toolkit._args import size_pair
-from toolkit._fs import atomic_folder, check_output_folder
+from toolkit._fs import atomic_folder, check_not_input, check_output_folder
 from toolkit.raster import (AlignedReader, Grid, bounds_overlap, open_raster, pixel_bounds,
                             streaming_env, write_raster)
 from toolkit.stats import BandStatistics, band_validity
@@ -41,6 +41,7 @@ _RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2", ".png", ".jpg", ".j
 _PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
             [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
 _PNG_DTYPES = {np.dtype("uint8"), np.dtype("uint16")}
+EXPORT_KIND = "export_training_data"  # the manifest kind of export folders (see toolkit._fs)
 
 
 @dataclass
@@ -111,9 +112,10 @@ def export_training_data(
     Args:
         in_raster: the input image (any GDAL raster; any band count; uint8, uint16, int16 or
             float bands). Its pixel grid defines the chips.
-        out_folder: folder to create. It must not hold files unless ``overwrite=True``. The export
-            is written to a temporary folder beside it and moved into place at the end, so a
-            failed export leaves nothing behind.
+        out_folder: folder to create. It must not hold files unless ``overwrite=True``, and
+            then only an earlier export's (nothing else is ever replaced); it may not be or
+            contain an input. The export is written to a temporary folder beside it and moved
+            into place at the end, so a failed export leaves nothing behind.
         additional_input_raster: a second raster (the pix2pix target) read on ``in_raster``'s grid
             (reprojected and resampled with ``resampling`` when its CRS, resolution or extent
             differ) and written to ``images2/`` under the same chip names. Metadata format
@@ -148,7 +150,8 @@ def export_training_data(
         output_nofeature_tiles: Classified_Tiles: also write chips whose label holds no class
             (``False`` keeps only chips with features, ArcGIS's ``ONLY_TILES_WITH_FEATURES``;
             useful when the features are sparse).
-        overwrite: replace ``out_folder`` if it already holds files.
+        overwrite: replace ``out_folder`` if it holds an earlier export of the toolkit (and
+            nothing else).
         progress: show a progress bar.
 
     Returns:
@@ -168,7 +171,10 @@ def export_training_data(
     if not output_nofeature_tiles and in_class_data is None:
         raise ValueError("output_nofeature_tiles=False keeps chips with features: it needs in_class_data.")
     metadata_format = _metadata_format(metadata_format, additional_input_raster, in_class_data)
-    out_folder = check_output_folder(out_folder, overwrite=overwrite)
+    inputs = [in_raster, additional_input_raster,
+              None if isinstance(in_class_data, gpd.GeoDataFrame) else in_class_data]
+    check_not_input(out_folder, inputs, role="out_folder")
+    out_folder = check_output_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND)
     chip_ext, driver, world_ext = esri.IMAGE_FORMATS[image_format]
 
     with ExitStack() as stack:
@@ -199,7 +205,7 @@ def export_training_data(
         stats = [BandStatistics(r.count) for r in readers]
         class_counts: list[np.ndarray] = []  # pixels per label value, one array per chip
         map_rows: list[list[str]] = []
-        with atomic_folder(out_folder, overwrite=overwrite) as staging:
+        with atomic_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND) as staging:
             folders = [esri.IMAGES, esri.IMAGES2][:len(readers)]  # one per reader, in order
             for name in folders + ([esri.LABELS] if labels is not None else []):
                 (staging / name).mkdir()
@@ -240,6 +246,11 @@ def export_training_data(
                     f"px has valid (not nodata) pixels, or a share of them of at least "
                     f"min_valid_fraction={min_valid_fraction}."
                 )
+            for reader, st in zip(readers, stats):
+                empty = (np.flatnonzero(st.count == 0) + 1).tolist()
+                if empty:
+                    raise ValueError(f"{reader.role} {reader.ds.name}: band(s) {empty} hold no finite, "
+                                     "not-nodata value in any exported chip (all NaN, +-inf or nodata).")
             classes = labels.classes(class_counts) if labels is not None else []
             _write_metadata(staging, metadata_format=metadata_format, map_rows=map_rows,
                             out_size=out_size, readers=readers, stats=stats, classes=classes,

@@ -23,8 +23,8 @@ import rasterio
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from toolkit._fs import atomic_file
-from toolkit.raster import open_raster, streaming_env
+from toolkit._fs import atomic_file, check_not_input, check_output_file
+from toolkit.raster import OUTPUT_TAG, is_toolkit_raster, open_raster, streaming_env
 from toolkit.stats import band_validity
 
 __all__ = ["hann_window", "predict_raster", "reflect_index"]
@@ -57,16 +57,17 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
         batch_size: windows per forward pass (on the GPU when the model is there).
         threshold: mask models only: write a uint8 class raster (class value where its score is
             the highest and at least ``threshold``, else 0) instead of float32 scores.
-        overwrite: replace an existing ``out_raster``.
+        overwrite: replace an existing ``out_raster`` that the toolkit wrote (never another
+            file, and never an input).
 
     Returns:
         ``out_raster``: a tiled, compressed GeoTIFF with the input's CRS, transform, width and
         height; the target's band count, float32 in target units (nodata NaN), or the class
         raster (nodata 255, or 65535 when 255 is a class). Input nodata comes back as nodata.
     """
-    out_raster = Path(out_raster)
-    if out_raster.exists() and not overwrite:
-        raise FileExistsError(f"out_raster {out_raster} exists; pass overwrite=True to replace it.")
+    check_not_input(out_raster, [in_raster, *getattr(model, "source_files", [])], role="out_raster")
+    out_raster = check_output_file(out_raster, overwrite=overwrite, role="out_raster",
+                                   owned=is_toolkit_raster, what="a prediction")
     config = model.config
     chip_w, chip_h = _chip(config["chip_size"])
     pad = min(chip_w, chip_h) // 4 if padding is None else int(padding)
@@ -138,6 +139,7 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
                 wsum[-stride_h:] = 0
             if writing is not None:
                 writing.result()
+            dst.update_tags(**{OUTPUT_TAG: "predict_raster"})
     return out_raster
 
 

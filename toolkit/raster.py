@@ -6,6 +6,7 @@ Every array here is ``(bands, height, width)`` as rasterio returns it.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-__all__ = ["Grid", "AlignedReader", "bounds_overlap", "clip_raster", "open_raster", "pixel_bounds",
-           "streaming_env", "write_raster"]
+__all__ = ["Grid", "AlignedReader", "bounds_overlap", "clip_raster", "is_toolkit_raster", "open_raster",
+           "pixel_bounds", "streaming_env", "write_raster"]
+
+# Metadata tag on every raster the toolkit writes as a result (predictions, clips): it names the
+# writer, and overwrite=True replaces only rasters that carry it (toolkit._fs).
+OUTPUT_TAG = "TOOLKIT_OUTPUT"
 
 # GDAL's block cache defaults to 5% of RAM and keeps every block read, so one pass over a large
 # raster would hold up to that much. Windows read row by row need only a row of blocks.
@@ -160,12 +165,27 @@ class AlignedReader:
 
 
 def write_raster(path: str | os.PathLike, data: np.ndarray, *, transform: Affine,
-                 crs: CRS | None, nodata: float | None, driver: str = "GTiff") -> None:
-    """Write ``(bands, h, w)`` ``data`` as one raster file carrying ``crs``, ``transform`` and ``nodata``."""
+                 crs: CRS | None, nodata: float | None, driver: str = "GTiff",
+                 output_of: str | None = None) -> None:
+    """Write ``(bands, h, w)`` ``data`` as one raster file carrying ``crs``, ``transform`` and
+    ``nodata``; ``output_of`` (e.g. ``"predict"``) tags it as the toolkit's output."""
     bands, height, width = data.shape
     with rasterio.open(path, "w", driver=driver, width=width, height=height, count=bands,
                        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
         dst.write(data)
+        if output_of:
+            dst.update_tags(**{OUTPUT_TAG: output_of})
+
+
+def is_toolkit_raster(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a raster the toolkit wrote as a result (it carries :data:`OUTPUT_TAG`)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as src:
+                return OUTPUT_TAG in src.tags()
+    except (RasterioIOError, OSError):
+        return False
 
 
 def clip_raster(in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
@@ -178,11 +198,11 @@ def clip_raster(in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
     """
     from rasterio.windows import from_bounds
 
-    from toolkit._fs import atomic_file
+    from toolkit._fs import atomic_file, check_not_input, check_output_file
 
-    out_raster = Path(out_raster)
-    if out_raster.exists() and not overwrite:
-        raise FileExistsError(f"out_raster {out_raster} exists; pass overwrite=True to replace it.")
+    check_not_input(out_raster, [in_raster], role="out_raster")
+    out_raster = check_output_file(out_raster, overwrite=overwrite, role="out_raster",
+                                   owned=is_toolkit_raster, what="a raster")
     if (window is None) == (bounds is None):
         raise ValueError("clip_raster takes a window or bounds (one of them).")
     with open_raster(in_raster, "in_raster") as src:
@@ -194,4 +214,5 @@ def clip_raster(in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
         profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
         with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(src.read(window=window))
+            dst.update_tags(**{OUTPUT_TAG: "clip_raster"})
     return out_raster

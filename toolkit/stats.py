@@ -6,17 +6,31 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BandStatistics", "band_validity"]
+__all__ = ["BandStatistics", "band_validity", "check_band_coverage"]
 
 
 def band_validity(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Boolean ``(bands, height, width)``: True where a band value is data (not nodata, not NaN)."""
+    """Boolean ``(bands, height, width)``: True where a band value is data: not nodata and, for
+    float bands, finite (NaN, +inf and -inf are never data: they would poison statistics and
+    normalisation)."""
     valid = np.ones(data.shape, dtype=bool)
     if np.issubdtype(data.dtype, np.floating):
-        valid &= ~np.isnan(data)
-    if nodata is not None and not np.isnan(nodata):
+        valid &= np.isfinite(data)
+    if nodata is not None and np.isfinite(nodata):
         valid &= data != nodata
     return valid
+
+
+def check_band_coverage(valid: np.ndarray, source) -> None:
+    """Raise ``ValueError`` naming ``source`` (a chip) and the band when a band of ``valid``
+    ``(bands, h, w)`` holds no data while other bands do: such a band (all NaN, +-inf or nodata)
+    would reach the network as a constant and silently distort every prediction. A chip with
+    no data in any band is nodata as a whole, which is allowed."""
+    has_data = valid.reshape(valid.shape[0], -1).any(axis=1)
+    if has_data.any() and not has_data.all():
+        empty = (np.flatnonzero(~has_data) + 1).tolist()
+        raise ValueError(f"{source}: band(s) {empty} hold no finite value (all NaN, +-inf or nodata) "
+                         "while the other bands hold data.")
 
 
 class BandStatistics:

@@ -13,9 +13,10 @@ import rasterio.features
 import shapely
 from affine import Affine
 
+from toolkit.raster import OUTPUT_TAG, open_raster
 from toolkit.stats import band_validity
 
-__all__ = ["footprint_mask", "vectorize"]
+__all__ = ["footprint_mask", "vectorize", "write_vector"]
 
 
 def footprint_mask(data: np.ndarray, threshold: float = 0.5, nodata: float | None = None) -> np.ndarray:
@@ -48,10 +49,7 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, threshold: float = 0.5,
         in CRS units squared, and the raster's CRS; ``to_file("footprints.gpkg")`` writes it.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such raster.")
-        with rasterio.open(path) as src:
+        with open_raster(source, "source") as src:
             data, nodata = src.read(), src.nodata
             transform = src.transform if transform is None else transform
             crs = src.crs if crs is None else crs
@@ -72,3 +70,34 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, threshold: float = 0.5,
     if min_area > 0:
         gdf = gdf[gdf["area"] >= min_area]
     return gdf.reset_index(drop=True)[["area", "geometry"]]
+
+
+def write_vector(gdf: gpd.GeoDataFrame, path: str | os.PathLike, *, layer: str = "footprints",
+                 overwrite: bool = False) -> Path:
+    """Write polygons (e.g. from :func:`vectorize`) to a GeoPackage (``.gpkg``), keeping their CRS.
+
+    The file is written to a temporary name and moved into place. An existing file is replaced
+    only with ``overwrite=True`` and only when the toolkit wrote it (its layer carries the
+    toolkit's tag); never an input or another program's file. GeoPackage only: it is one file,
+    so it can be moved into place whole (a Shapefile is several).
+    """
+    from toolkit._fs import atomic_file, check_output_file
+
+    if Path(path).suffix.lower() != ".gpkg":
+        raise ValueError(f"path {path}: write_vector writes GeoPackages; name the file *.gpkg "
+                         "(GeoPandas' to_file writes other formats).")
+    path = check_output_file(path, overwrite=overwrite, role="path", owned=_is_toolkit_vector,
+                             what="a vector file")
+    with atomic_file(path) as tmp:
+        gdf.to_file(tmp, layer=layer, driver="GPKG", layer_metadata={OUTPUT_TAG: "write_vector"})
+    return path
+
+
+def _is_toolkit_vector(path: Path) -> bool:
+    import pyogrio
+
+    try:
+        return any(OUTPUT_TAG in (pyogrio.read_info(path, layer=name).get("layer_metadata") or {})
+                   for name, _ in pyogrio.list_layers(path))
+    except Exception:  # not a vector file GDAL reads: not ours
+        return False

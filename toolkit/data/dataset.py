@@ -12,7 +12,7 @@ from toolkit._fastai import quiet_import
 from toolkit.data.chips import read_chip, side_by_side_halves
 from toolkit.data.layouts import ChipPair
 from toolkit.data.normalization import BandNorm, MaskEncoding
-from toolkit.stats import band_validity
+from toolkit.stats import band_validity, check_band_coverage
 
 with quiet_import():
     from fastai.torch_core import TensorImage
@@ -76,11 +76,13 @@ class ChipPairDataset:
     def __getitem__(self, i: int) -> tuple[TensorImage, TensorImage]:
         pair = self.pairs[i]
         x, x_valid, y, y_valid = read_pair(pair, extract_bands=self.extract_bands)
+        check_band_coverage(x_valid, pair.input)
         x = self.input_norm.normalize(x, x_valid)
         if self.is_mask:
             y = y[:1]
             self.target_norm.check(y, pair.target)
         else:
+            check_band_coverage(y_valid, pair.target)
             y = self.target_norm.normalize(y, y_valid)
         if self.resize_to is not None:
             x = resize_bands(x, self.resize_to)

@@ -70,6 +70,14 @@ class ChipFolder:
     band_names: list[str] | None = None
     cell_size: tuple[float, float] | None = None  # ground size of an input pixel, when georeferenced
 
+    @property
+    def input_paths(self) -> list[Path]:
+        """The folders that hold the chips and the metadata files of the folder: what the toolkit
+        reads, and so must never write into or over (a ``models/`` folder beside them is fine)."""
+        folders = {p.parent for pair in [*self.pairs, *(self.valid_pairs or [])] for p in (pair.input, pair.target)}
+        files = [self.path / n for n in (esri.EMD_FILE, esri.MAP_FILE, esri.STATS_FILE, esri.STATS_TEXT_FILE)]
+        return sorted(folders) + [f for f in files if f.exists()]
+
 
 def dataset_type_name(name: str | None) -> str | None:
     if name is None:

@@ -86,6 +86,23 @@ class ChipDataLoaders(DataLoaders):
         """Classified_Tiles: ``[{"Value", "Name", "Color"}]``; empty for image targets."""
         return list(self.target_norm.classes) if isinstance(self.target_norm, MaskEncoding) else []
 
+    def use_normalization(self, input_norm: BandNorm, target_norm: BandNorm | MaskEncoding) -> None:
+        """Scale this data's chips with other statistics from now on (a saved model's, for
+        fine-tuning), in training and validation alike. Band counts and classes must match."""
+        if input_norm.n_bands != self.n_bands_in or target_norm.n_bands != self.n_bands_out:
+            raise ValueError(f"{self.path}: the data has {self.n_bands_in} -> {self.n_bands_out} bands, "
+                             f"the statistics {input_norm.n_bands} -> {target_norm.n_bands}.")
+        if isinstance(target_norm, MaskEncoding) != isinstance(self.target_norm, MaskEncoding) or (
+                isinstance(target_norm, MaskEncoding) and target_norm.values != self.target_norm.values):
+            raise ValueError(f"{self.path}: the data's target ({self.target_norm.to_dict().get('kind')}, "
+                             f"classes {[c['Value'] for c in self.classes]}) does not match the model's "
+                             f"({target_norm.to_dict().get('kind')}"
+                             + (f", classes {target_norm.values}" if isinstance(target_norm, MaskEncoding) else "")
+                             + ").")
+        self.input_norm, self.target_norm = input_norm, target_norm
+        for ds in (self.train_ds, self.valid_ds):
+            ds.input_norm, ds.target_norm = input_norm, target_norm
+
     @property
     def stats(self) -> dict:
         """Per-band statistics of input and target as a plain, JSON-serialisable dict."""
@@ -231,6 +248,15 @@ def _norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], nor
     target_stats = folder.target_stats
     if target_stats is not None and len(target_stats) != folder.target_header.bands:
         target_stats = None
+    for key, stats in (("AllTilesStats", input_stats), ("AllTilesStats2", target_stats)):
+        if stats is not None and not _finite_stats(stats):
+            warnings.warn(f"{folder.path}: the .emd {key} holds missing or non-finite statistics "
+                          "(an export of a raster with NaN or infinite pixels); computing them from "
+                          "the chips' finite values instead.")
+            if key == "AllTilesStats":
+                input_stats = None
+            else:
+                target_stats = None
 
     need_input, need_target = input_stats is None, (not is_mask and target_stats is None)
     computed = _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target)
@@ -248,6 +274,14 @@ def _norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], nor
     if target_stats is not None:
         return input_norm, BandNorm.from_esri(target_stats, source=f"AllTilesStats2 of {folder.path / 'esri_model_definition.emd'}")
     return input_norm, BandNorm.from_statistics(computed["target"], computed["source"])
+
+
+def _finite_stats(stats) -> bool:
+    """True when every band of an .emd statistics list has finite Min, Max, Mean and StdDev."""
+    try:
+        return all(np.isfinite(float(b[k])) for b in stats for k in ("Min", "Max", "Mean", "StdDev"))
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 def _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target) -> dict:

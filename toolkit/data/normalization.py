@@ -34,6 +34,14 @@ class BandNorm:
     source: str  # where the statistics came from
 
     def __post_init__(self) -> None:
+        for key in ("min", "max", "mean", "std"):
+            values = getattr(self, key)
+            bad = [i + 1 for i, v in enumerate(values)
+                   if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not np.isfinite(v)]
+            if bad:
+                raise ValueError(f"{self.source}: the {key} of band(s) {bad} is not a finite number "
+                                 f"({[values[i - 1] for i in bad][:5]}); band statistics come from "
+                                 "finite, not-nodata pixels only.")
         mn, mx, mean, std = (np.asarray(v, dtype=np.float64) for v in (self.min, self.max, self.mean, self.std))
         self.low = np.maximum(mn, mean - NORM_SIGMA * std)
         self.high = np.minimum(mx, mean + NORM_SIGMA * std)
@@ -47,11 +55,12 @@ class BandNorm:
     @classmethod
     def from_esri(cls, all_tiles_stats: Sequence[dict], source: str) -> BandNorm:
         """From an .emd ``AllTilesStats`` / ``AllTilesStats2`` list."""
-        return cls(min=[float(b["Min"]) for b in all_tiles_stats],
-                   max=[float(b["Max"]) for b in all_tiles_stats],
-                   mean=[float(b["Mean"]) for b in all_tiles_stats],
-                   std=[float(b["StdDev"]) for b in all_tiles_stats],
-                   band_names=[str(b.get("BandName", f"Band_{i + 1}")) for i, b in enumerate(all_tiles_stats)],
+        def column(key: str) -> list:
+            return [_number(b.get(key)) if isinstance(b, dict) else None for b in all_tiles_stats]
+
+        return cls(min=column("Min"), max=column("Max"), mean=column("Mean"), std=column("StdDev"),
+                   band_names=[str(b.get("BandName", f"Band_{i + 1}")) if isinstance(b, dict) else f"Band_{i + 1}"
+                               for i, b in enumerate(all_tiles_stats)],
                    source=source)
 
     @classmethod
@@ -59,7 +68,7 @@ class BandNorm:
                         band_names: Sequence[str] | None = None) -> BandNorm:
         if np.any(stats.count == 0):
             empty = [i + 1 for i in np.nonzero(stats.count == 0)[0]]
-            raise ValueError(f"{source}: band(s) {empty} hold no valid (not nodata) pixel.")
+            raise ValueError(f"{source}: band(s) {empty} hold no finite, not-nodata value.")
         names = list(band_names) if band_names else [f"Band_{i + 1}" for i in range(stats.band_count)]
         return cls(min=stats.min.tolist(), max=stats.max.tolist(), mean=stats.mean.tolist(),
                    std=stats.std.tolist(), band_names=names, source=source)
@@ -93,6 +102,14 @@ class BandNorm:
     def from_dict(cls, d: dict) -> BandNorm:
         return cls(min=d["min"], max=d["max"], mean=d["mean"], std=d["std"],
                    band_names=d["band_names"], source=d["source"])
+
+
+def _number(value):
+    """A statistic from JSON as a float (None, NaN and +-inf stay not finite, for the check)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass

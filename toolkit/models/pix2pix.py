@@ -16,6 +16,7 @@ is the generator; ``GANTrainer`` (in ``model.learn.cbs``) owns the discriminator
 from __future__ import annotations
 
 import os
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -26,23 +27,23 @@ from matplotlib.figure import Figure
 
 from toolkit import __version__, viz
 from toolkit._fastai import quiet_import
-from toolkit._fs import atomic_file
+from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_output_folder,
+                         check_writable_folder)
 from toolkit.data.chips import read_chip
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
 from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
 from toolkit.metrics import confusion, psnr, scores_from_confusion, ssim
-from toolkit.models.checkpoint import Checkpoint, load_checkpoint, monitor_comparison, plain_state
+from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
 from toolkit.models.gan import GANTrainer, History, Pix2PixLoss, loss_metrics
-from toolkit.models.model_folder import read_model_folder, write_model_folder
-from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, UNetGenerator,
-                                     backbone_generator, init_weights, unet_depth)
-from toolkit.raster import write_raster
-from toolkit.stats import band_validity
+from toolkit.models.emd_schema import build_networks, check_state_fits, check_weights_fit
+from toolkit.models.model_folder import MODEL_KIND, read_model_folder, write_model_folder
+from toolkit.models.networks import SUPPORTED_BACKBONES, init_weights, unet_depth
+from toolkit.raster import is_toolkit_raster, write_raster
+from toolkit.stats import band_validity, check_band_coverage
 
 with quiet_import():
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.schedule import ParamScheduler, SchedLin, SchedNo, combine_scheds
-    from fastai.callback.tracker import EarlyStoppingCallback
     from fastai.learner import Learner
     from fastai.optimizer import Adam
     from fastai.torch_core import default_device
@@ -116,16 +117,11 @@ class Pix2Pix:
         self.metrics: dict[str, float] = {}
         self._suggested_lr: float | None = None
         self.device = data.device if data is not None else default_device()
-        if config["backbone"]:
-            self.generator = backbone_generator(config["backbone"], config["n_bands_in"],
-                                                config["n_bands_out"], _size_tuple(config["chip_size"]),
-                                                weights=backbone_weights)
-        else:
-            self.generator = init_weights(UNetGenerator(config["n_bands_in"], config["n_bands_out"],
-                                                        depth=config["depth"], ngf=config["ngf"],
-                                                        norm=config["norm"]))
-        self.discriminator = init_weights(PatchDiscriminator(config["n_bands_in"] + config["n_bands_out"],
-                                                             ndf=config["ndf"], norm=config["norm"]))
+        # The same builder checks a saved model's weights on the meta device (emd_schema).
+        self.generator, self.discriminator = build_networks(config, backbone_weights=backbone_weights)
+        if not config["backbone"]:  # a backbone keeps torchvision's init (or its weights)
+            init_weights(self.generator)
+        init_weights(self.discriminator)
         self.trainer = GANTrainer(self.discriminator, lambda_l1=config["lambda_l1"],
                                   gan_weight=config["gan_weight"],
                                   class_balance=config.get("class_balance", False))
@@ -149,11 +145,26 @@ class Pix2Pix:
         self.discriminator.to(self.device)
 
     @classmethod
-    def from_model(cls, path: str | os.PathLike, data=None) -> Pix2Pix:
+    def from_model(cls, path: str | os.PathLike, data=None, *, normalization: str = "model",
+                   working_dir: str | os.PathLike | None = None) -> Pix2Pix:
         """Load a saved model (its ``.emd``, folder or ``.dlpk``) for inference, or, with ``data``,
-        to train further. Without data, ``fit`` raises a clear error."""
-        emd, weights, emd_path = read_model_folder(path)
+        to train further (fine-tuning). Without data, ``fit`` raises a clear error.
+
+        Args:
+            normalization: with ``data``: ``"model"`` (default) trains on the data's chips scaled
+                with the statistics the model learned with: ``data`` is switched to them (see
+                :meth:`toolkit.data.ChipDataLoaders.use_normalization`), so training and
+                prediction see the same scaling. ``"data"`` re-fits the model to the data's
+                statistics instead (the model then scales every input with them; a warning says so).
+            working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
+        """
+        if normalization not in ("model", "data"):
+            raise ValueError(f"normalization must be 'model' or 'data', got {normalization!r}.")
+        emd, weights, emd_path = read_model_folder(path)  # a validated .emd, size-capped reads
         config = emd["Toolkit"]["config"]
+        # shapes first, on the meta device: an .emd whose sizes the weights do not have (say
+        # ngf=100000) is refused before anything real is allocated
+        check_weights_fit(config, weights, emd_path)
         input_norm = BandNorm.from_dict(emd["Toolkit"]["input_norm"])
         target_norm = target_from_dict(emd["Toolkit"]["target_norm"])
         model = cls.__new__(cls)
@@ -162,8 +173,14 @@ class Pix2Pix:
                 raise ValueError(f"{emd_path}: the model maps {config['n_bands_in']} -> "
                                  f"{config['n_bands_out']} bands, the data {data.n_bands_in} -> "
                                  f"{data.n_bands_out}.")
-            # train with the data's chips but keep the statistics the model learned with
-        model._setup(config, input_norm, target_norm, data)
+            if normalization == "model":
+                data.use_normalization(input_norm, target_norm)
+            else:
+                input_norm, target_norm = data.input_norm, data.target_norm
+                warnings.warn(f"{emd_path}: fine-tuning with the statistics of {data.path} "
+                              "(normalization='data'): the model's own statistics are replaced, "
+                              "and it scales every input with the new ones from now on.", stacklevel=2)
+        model._setup(config, input_norm, target_norm, data, working_dir=working_dir)
         model._load_weights(weights, emd_path)
         model.history = list(emd["Toolkit"].get("history", []))
         model.metrics = dict(emd["Toolkit"].get("metrics", {}))
@@ -177,6 +194,30 @@ class Pix2Pix:
                 f"{net}, PatchGAN ndf {c['ndf']}, lambda_l1 {c['lambda_l1']}, gan_weight "
                 f"{c['gan_weight']}, on {self.device})")
 
+    # --- files ----------------------------------------------------------------------------------
+
+    def _input_paths(self) -> list[Path]:
+        """What this model reads: the training chips and metadata (never written over)."""
+        folder = getattr(self.data, "folder", None)
+        return folder.input_paths if folder is not None else []
+
+    @property
+    def source_files(self) -> list[Path]:
+        """The saved model files this model was loaded from or last saved to."""
+        emd_path = getattr(self, "emd_path", None)
+        if emd_path is None:
+            return []
+        return [emd_path] if emd_path.suffix.lower() == ".dlpk" else [emd_path, emd_path.with_suffix(".pth")]
+
+    def _check_working_dir(self, what: str) -> Path:
+        """The working folder, checked before any work: not inside the training chips, and writable."""
+        if self.models_dir is None:
+            raise ValueError(f"{what} needs a working folder: pass working_dir= to Pix2Pix.from_model().")
+        hint = ("Pass working_dir= (Pix2Pix(data, working_dir=...) or Pix2Pix.from_model(path, data, "
+                "working_dir=...)) to use a folder you can write.")
+        check_not_input(self.models_dir, self._input_paths(), role="working_dir")
+        return check_writable_folder(self.models_dir, role="working folder", hint=hint)
+
     # --- training --------------------------------------------------------------------------------
 
     def _require_data(self, what: str) -> None:
@@ -184,9 +225,11 @@ class Pix2Pix:
             raise RuntimeError(f"{what} needs training data: this model was loaded for inference. "
                                "Use Pix2Pix.from_model(path, data=prepare_data(...)).")
 
+    fit_id: str | None = None  # the id of the last fit (its checkpoint files); set by fit()
+
     def fit(self, epochs: int = 10, lr: float | None = None, one_cycle: bool = True,
             early_stopping: bool | int = False, checkpoint: bool | str = True,
-            monitor: str = "valid_loss", resume: bool = False, schedule: str | None = None) -> None:
+            monitor: str = "valid_loss", resume: bool | str = False, schedule: str | None = None) -> None:
         """Train for ``epochs`` epochs.
 
         Args:
@@ -195,40 +238,61 @@ class Pix2Pix:
             schedule: ``"linear_decay"``: the paper's schedule, constant for the first half of the
                 epochs, then linear to 0 (overrides ``one_cycle``).
             early_stopping: stop when ``monitor`` has not improved for 5 epochs (or this many).
-            checkpoint: after each epoch write G, D and both optimizers to
-                ``<working_dir>/checkpoints/`` (a string names the checkpoint); the best epoch by
-                ``monitor`` is restored at the end.
+            checkpoint: after each epoch write a checkpoint to ``<working_dir>/checkpoints/``:
+                ``<name>-<fit id>_last.pth`` and, when ``monitor`` improved, ``_best.pth``
+                (``name`` is ``"pix2pix"``, or this string); the best epoch is restored at the
+                end. Each fit has its own files (id in :attr:`fit_id`); none of another fit's
+                are touched.
             monitor: ``valid_loss`` (validation L1), ``train_loss``, ``gen_loss``, ``l1_loss`` or ``d_loss``.
-            resume: continue an interrupted fit from its last checkpoint (same ``epochs``).
+            resume: ``True`` continues the most recently saved unfinished fit of this checkpoint
+                name, a fit id continues that fit, from its last checkpoint: same ``epochs``; the
+                learning rate, schedule, monitor and early stopping (unless given; 0 turns it
+                off) are the checkpoint's. Weights, optimizers, gradient scalers, early
+                stopping's state and the random-number states come back, so the fit ends as it
+                would have without the interruption.
         """
         self._require_data("fit")
+        self._check_working_dir("fit")
         if schedule not in (None, "linear_decay"):
             raise ValueError(f"schedule must be None or 'linear_decay', got {schedule!r}.")
         if monitor not in RECORDED:
             raise ValueError(f"monitor {monitor!r} is not recorded during fit; choose one of {RECORDED}.")
         name = checkpoint if isinstance(checkpoint, str) else "pix2pix"
         folder = self.models_dir / "checkpoints"
-        start, best = 0, None
+        start, state = 0, None
         if resume:
-            state = load_checkpoint(folder / f"{name}_last.pth")
+            path = find_resumable(folder, name, resume if isinstance(resume, str) else None)
+            state = load_checkpoint(path)
             if state["fit"]["epochs"] != epochs:
-                raise ValueError(f"the checkpoint is of a fit of {state['fit']['epochs']} epochs; "
-                                 f"resume it with fit({state['fit']['epochs']}, resume=True).")
+                how = "True" if resume is True else repr(state["fit_id"])
+                raise ValueError(f"{path}: the checkpoint is of a fit of {state['fit']['epochs']} "
+                                 f"epochs; resume it with fit({state['fit']['epochs']}, resume={how}).")
             self._restore(state, optimizers=True)
+            # loaded: no second copy of the weights for the whole fit, only the loop's state
+            state = {k: v for k, v in state.items()
+                     if k not in ("generator", "discriminator", "g_opt", "d_opt")}
             lr, one_cycle, schedule = state["fit"]["lr"], state["fit"]["one_cycle"], state["fit"]["schedule"]
-            start, best, monitor = state["epoch"] + 1, state["best"], state["monitor"]
+            start, monitor, self.fit_id = state["epoch"] + 1, state["monitor"], state["fit_id"]
+            if early_stopping is False:  # as the interrupted fit did, unless asked otherwise
+                early_stopping = state["fit"].get("patience") or False
             if start >= epochs:
                 return
+        else:
+            self.fit_id = new_fit_id(folder, name)
         lr = float(lr or self._suggested_lr or DEFAULT_LR)
-        fit_config = {"epochs": epochs, "lr": lr, "one_cycle": one_cycle, "schedule": schedule}
+        patience = None if not early_stopping else 5 if early_stopping is True else int(early_stopping)
+        fit_config = {"epochs": epochs, "lr": lr, "one_cycle": one_cycle, "schedule": schedule,
+                      "patience": patience}
         cbs = [History(self.history, start_epoch=start)]
-        if checkpoint:
-            cbs.append(Checkpoint(folder, name, monitor, lambda: self._state(fit_config), self._restore,
-                                  start_epoch=start, best=best))
-        if early_stopping:
-            patience = 5 if early_stopping is True else int(early_stopping)
-            cbs.append(EarlyStoppingCallback(monitor=monitor, comp=monitor_comparison(monitor),
-                                             patience=patience))
+        if checkpoint or patience or state:
+            # One callback tracks the best epoch for both: early stopping's state is saved with
+            # the checkpoint of the epoch, before the fit stops. It also puts a resumed fit's
+            # loop state back (even with checkpoint=False).
+            cbs.append(Checkpoint(folder if checkpoint else None, name, self.fit_id, monitor,
+                                  lambda: self._state(fit_config), self._restore_best,
+                                  scalers={"scaler": lambda: getattr(self.learn, "scaler", None),
+                                           "d_scaler": lambda: self.trainer.d_scaler},
+                                  patience=patience, resume=state))
         if schedule == "linear_decay":
             half = epochs // 2
             sched = combine_scheds([half / epochs, 1 - half / epochs], [SchedNo(lr, lr), SchedLin(lr, 0.0)]) \
@@ -244,6 +308,7 @@ class Pix2Pix:
         """Run fastai's learning-rate finder on the L1 part of the generator loss (the GAN term
         says little about the step size) and return the suggested rate, used by the next ``fit``."""
         self._require_data("lr_find")
+        self._check_working_dir("lr_find")
         self.trainer.l1_only = True
         try:
             suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
@@ -256,6 +321,10 @@ class Pix2Pix:
     # --- state -------------------------------------------------------------------------------------
 
     def _state(self, fit_config: dict | None = None, optimizers: bool = True) -> dict:
+        """The model's state: ``generator``, ``discriminator`` (state dicts), ``history``,
+        ``config``; with ``optimizers`` (and an optimizer made) ``g_opt`` and ``d_opt``; with a
+        ``fit_config`` (``epochs``, ``lr``... of a fit, for its checkpoints) also ``fit``. The
+        training loop's state (epoch, scalers, random numbers) is the ``Checkpoint``'s to add."""
         state = {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                  "history": list(self.history), "config": dict(self.config)}
         if optimizers and self.learn is not None and self.learn.opt is not None:
@@ -266,6 +335,8 @@ class Pix2Pix:
         return state
 
     def _restore(self, state: dict, optimizers: bool = True) -> None:
+        """Load what :meth:`_state` gave: both networks, the history and, with ``optimizers``
+        (when the state has them), both optimizers' states."""
         self._load_weights(state, "checkpoint")
         if state.get("history") is not None:
             self.history[:] = state["history"]
@@ -275,7 +346,17 @@ class Pix2Pix:
             _load_opt_state(self.learn.opt, state["g_opt"])
             self.trainer.d_opt.load_state_dict(state["d_opt"])
 
+    def _restore_best(self, state: dict) -> None:
+        """After a fit: the best epoch's weights, from its checkpoint. The history keeps every
+        epoch trained, and the optimizers stay as the last epoch left them."""
+        self._load_weights(state, "checkpoint")
+
     def _load_weights(self, state: dict, source) -> None:
+        """Load ``state["generator"]`` (and ``state["discriminator"]`` where present) into the
+        networks. ``ValueError`` naming ``source`` and the first tensor that is missing, extra or
+        of another shape, raised before any weight changes (no half-loaded model)."""
+        check_state_fits({"generator": self.generator, "discriminator": self.discriminator}, state,
+                         source, f"this network ({self!r})")
         try:
             self.generator.load_state_dict(state["generator"])
             if "discriminator" in state:
@@ -310,19 +391,26 @@ class Pix2Pix:
         return self.target_norm.denormalize(out)
 
     def predict(self, image: str | os.PathLike | np.ndarray, output: str | os.PathLike | None = None,
-                *, transform=None, crs=None) -> np.ndarray:
+                *, transform=None, crs=None, overwrite: bool = False) -> np.ndarray:
         """Translate one chip of any size.
 
         Args:
             image: a chip file, or an array ``(bands, height, width)`` in input units.
             output: write the result there as a float32 GeoTIFF carrying the chip's CRS and
                 transform (``transform``/``crs`` for an array input); nodata NaN.
+            overwrite: replace an existing ``output`` that the toolkit wrote (as
+                :meth:`predict_raster`: never another file, and never the input).
 
         Returns:
             float32 ``(bands, height, width)`` in target units (see :meth:`to_target_units`);
             pixels where the input is nodata are NaN.
         """
         nodata = None
+        if output is not None:
+            inputs = [image] if isinstance(image, (str, os.PathLike)) else []
+            check_not_input(output, inputs + self.source_files, role="output")
+            check_output_file(output, overwrite=overwrite, role="output", owned=is_toolkit_raster,
+                              what="a prediction")
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
             if not path.is_file():
@@ -344,12 +432,13 @@ class Pix2Pix:
             raise ValueError(f"the model takes {self.config['n_bands_in']} band(s) (bands, height, width); "
                              f"got an array of shape {data.shape}.")
         valid = band_validity(data, nodata)
+        check_band_coverage(valid, image if isinstance(image, (str, os.PathLike)) else "image")
         x = self.input_norm.normalize(data, valid)
         result = self.to_target_units(self._generate(x[np.newaxis])[0])
         result[:, ~valid.any(axis=0)] = np.nan
         if output is not None:
             with atomic_file(output) as tmp:
-                write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan)
+                write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan, output_of="predict")
         return result
 
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
@@ -457,16 +546,23 @@ class Pix2Pix:
     # --- saving ------------------------------------------------------------------------------------
 
     def save(self, name_or_path: str | os.PathLike, save_optimizer: bool = False,
-             compute_metrics: bool = True) -> Path:
+             compute_metrics: bool = True, overwrite: bool = False) -> Path:
         """Save to ``<working_dir>/<name>/`` (or the given folder): ``<name>.pth``, ``<name>.emd``,
         ``ModelCharacteristics/`` figures and ``<name>.dlpk``; returns the ``.emd`` path.
 
-        The folder is written to a temporary name and moved into place."""
+        The folder is written to a temporary name and moved into place. An existing folder is
+        replaced only with ``overwrite=True`` and only when it holds a model the toolkit saved
+        and nothing else; the training chips are never written over."""
         target = Path(name_or_path)
         if len(target.parts) == 1 and not target.is_absolute():
             if self.models_dir is None:
                 raise ValueError("this model has no working folder; save it to a path.")
-            target = self.models_dir / target
+            target = self._check_working_dir("save") / target
+        else:
+            check_writable_folder(target.parent, role="the folder of save path",
+                                  hint="Save the model to a folder you can write.")
+        check_not_input(target, self._input_paths(), role="save path")
+        check_output_folder(target, overwrite=overwrite, kind=MODEL_KIND, role="save path")
         name = target.name
         if compute_metrics and self.data is not None:
             self.compute_metrics()
@@ -477,7 +573,7 @@ class Pix2Pix:
             figures["show_results.png"] = self.show_results(rows=min(4, len(self.data.valid_ds)))
         try:
             emd_path = write_model_folder(target, name, weights=plain_state(self._state(optimizers=save_optimizer)),
-                                          emd=self._emd(name), figures=figures)
+                                          emd=self._emd(name), figures=figures, overwrite=overwrite)
         finally:
             for fig in figures.values():
                 plt.close(fig)

@@ -1,0 +1,242 @@
+"""What a saved model must hold before the toolkit builds anything from it.
+
+Two checks, both raising ``ValueError`` that names the file:
+
+* :func:`validate_emd`: the ``.emd`` against the keys the toolkit writes and reads back
+  (``Pix2Pix._emd``, the config of ``Pix2Pix.__init__``, ``BandNorm.to_dict`` /
+  ``MaskEncoding.to_dict``). Errors give the key path and what was expected::
+
+      model.emd: Toolkit.config.ngf is '8' (a string); expected an integer >= 1.
+
+  arcgis.learn's own keys (``ImageHeight``, ``NormalizationStats``...) are written for ArcGIS
+  and never read back, so they are not checked; unknown keys are allowed.
+* :func:`check_weights_fit`: the networks the config describes, built on torch's ``meta``
+  device (shapes only, no memory), against every tensor of the weights file; so an ``.emd``
+  saying ``ngf=100000`` is refused in milliseconds instead of allocating terabytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, UNetGenerator,
+                                     backbone_generator)
+
+__all__ = ["build_networks", "check_state_fits", "check_weights_fit", "validate_emd"]
+
+MAX_DEPTH = 8  # unet_depth never chooses more; deeper nests only risk recursion limits
+
+
+# --- the .emd ----------------------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """One key: what is expected (for the message), a test of the value, whether it must be there."""
+
+    expected: str
+    ok: Callable[[Any], bool]
+    required: bool = True
+
+
+def _integer(v, low=None, high=None) -> bool:
+    # bool is an int in Python, but `"ngf": true` is a mistake, not 1
+    return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low) and \
+        (high is None or v <= high)
+
+
+def _number(v, finite=True, low=None) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+        (not finite or math.isfinite(v)) and (low is None or v >= low)
+
+
+def _list_of(test, length=None, min_length=0) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) >= min_length and \
+        (length is None or len(v) == length) and all(test(x) for x in v)
+
+
+_str = lambda v: isinstance(v, str)  # noqa: E731
+_positive_int = Rule("an integer >= 1", lambda v: _integer(v, 1))
+_numbers = Rule("a list of finite numbers", _list_of(_number))
+
+CONFIG = {
+    "n_bands_in": _positive_int,
+    "n_bands_out": _positive_int,
+    "chip_size": Rule("an integer >= 1 or a list of two",
+                      lambda v: _integer(v, 1) or _list_of(lambda x: _integer(x, 1), length=2)(v)),
+    "dataset_type": Rule("'Pix2Pix' or 'Classified_Tiles'", lambda v: v in ("Pix2Pix", "Classified_Tiles")),
+    "backbone": Rule(f"null or one of {list(SUPPORTED_BACKBONES)}", lambda v: v is None or v in SUPPORTED_BACKBONES),
+    "depth": Rule(f"null (with a backbone) or an integer from 2 to {MAX_DEPTH}",
+                  lambda v: v is None or _integer(v, 2, MAX_DEPTH)),
+    "ngf": _positive_int,
+    "ndf": _positive_int,
+    "norm": Rule("'batch' or 'instance'", lambda v: v in ("batch", "instance")),
+    "lambda_l1": Rule("a number >= 0", lambda v: _number(v, low=0)),
+    "gan_weight": Rule("a number >= 0", lambda v: _number(v, low=0)),
+    "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
+    "extract_bands": Rule("null or a list of band indices (integers >= 0)",
+                          lambda v: v is None or _list_of(lambda x: _integer(x, 0))(v), required=False),
+    "cell_size": Rule("null or a list of two numbers > 0",  # inference divides by it
+                      lambda v: v is None or _list_of(lambda x: _number(x) and x > 0, length=2)(v),
+                      required=False),
+}
+BANDS = {  # BandNorm.to_dict; low/high are derived again on reading
+    "kind": Rule("'bands'", lambda v: v == "bands"),
+    "band_names": Rule("a list of strings", _list_of(_str)),
+    "min": _numbers, "max": _numbers, "mean": _numbers, "std": _numbers,
+    "source": Rule("a string", _str),
+}
+CLASS = {"Value": Rule("an integer", _integer), "Name": Rule("a string", _str, required=False)}
+CLASSES = {  # MaskEncoding.to_dict
+    "kind": Rule("'classes'", lambda v: v == "classes"),
+    "classes": Rule("a list of at least one class object", _list_of(lambda c: isinstance(c, dict), min_length=1)),
+}
+RECORD = {"epoch": Rule("an integer >= 0", lambda v: _integer(v, 0))}  # one History record
+TOOLKIT = {
+    "version": Rule("a string", _str, required=False),
+    "config": CONFIG,
+    "input_norm": BANDS,
+    "target_norm": Rule("an object with kind 'bands' or 'classes'",
+                        lambda v: isinstance(v, dict) and v.get("kind") in ("bands", "classes")),
+    "history": Rule("a list of objects", _list_of(lambda r: isinstance(r, dict)), required=False),
+    "metrics": Rule("an object of numbers",
+                    lambda v: isinstance(v, dict) and all(_number(x, finite=False) for x in v.values()),
+                    required=False),
+}
+EMD = {
+    "ModelType": Rule("'Pix2Pix' (a Pix2Pix model saved by this toolkit)", lambda v: v == "Pix2Pix"),
+    "ModelFile": Rule("a file name", _str, required=False),
+    "Toolkit": TOOLKIT,
+}
+
+
+def _show(value) -> str:
+    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{text[:60]}... ({kind})" if len(text) > 60 else f"{text} ({kind})"
+
+
+def _fail(source, path: str, expected: str, value=None, missing=False):
+    found = "is missing" if missing else f"is {_show(value)}"
+    raise ValueError(f"{source}: {path} {found}; expected {expected}.")
+
+
+def _check(obj, spec: dict, path: str, source) -> None:
+    """Check the object ``obj`` at key path ``path`` against ``spec``: key -> Rule or nested spec."""
+    if not isinstance(obj, dict):
+        _fail(source, path or "the .emd", "an object" if path else "a JSON object", obj)
+    for key, rule in spec.items():
+        where = f"{path}.{key}" if path else key
+        if isinstance(rule, dict):  # a nested object, always required
+            if key not in obj:
+                _fail(source, where, "an object", missing=True)
+            _check(obj[key], rule, where, source)
+        elif key not in obj:
+            if rule.required:
+                _fail(source, where, rule.expected, missing=True)
+        elif not rule.ok(obj[key]):
+            _fail(source, where, rule.expected, obj[key])
+
+
+def validate_emd(emd, source) -> None:
+    """Raise ``ValueError`` naming ``source`` and the key path unless ``emd`` (the parsed JSON) is
+    a Pix2Pix ``.emd`` whose toolkit keys the loader can use; return nothing otherwise."""
+    _check(emd, EMD, "", source)
+    toolkit = emd["Toolkit"]
+    config, target = toolkit["config"], toolkit["target_norm"]
+    if config["backbone"] is None and config["depth"] is None:
+        _fail(source, "Toolkit.config.depth", f"an integer from 2 to {MAX_DEPTH} (no backbone)", None)
+    _check(target, BANDS if target["kind"] == "bands" else CLASSES, "Toolkit.target_norm", source)
+    for i, c in enumerate(target.get("classes", [])):
+        _check(c, CLASS, f"Toolkit.target_norm.classes[{i}]", source)
+    for i, record in enumerate(toolkit.get("history", [])):
+        _check(record, RECORD, f"Toolkit.history[{i}]", source)
+    # band counts must agree, or normalisation fails (or broadcasts silently) at predict time
+    counts = [("Toolkit.input_norm.min", len(toolkit["input_norm"]["min"]), "n_bands_in")]
+    counts += [(f"Toolkit.input_norm.{k}", len(toolkit["input_norm"][k]), "n_bands_in")
+               for k in ("max", "mean", "std", "band_names")]
+    if target["kind"] == "bands":
+        counts += [(f"Toolkit.target_norm.{k}", len(target[k]), "n_bands_out")
+                   for k in ("min", "max", "mean", "std", "band_names")]
+    else:
+        counts.append(("Toolkit.target_norm.classes", len(target["classes"]), "n_bands_out"))
+    if config.get("extract_bands"):
+        counts.append(("Toolkit.config.extract_bands", len(config["extract_bands"]), "n_bands_in"))
+    for path, n, key in counts:
+        if n != config[key]:
+            raise ValueError(f"{source}: {path} lists {n} band(s); expected Toolkit.config.{key} "
+                             f"({config[key]}).")
+
+
+# --- the weights against the config ------------------------------------------------------------
+
+
+def _size_tuple(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def build_networks(config: dict, *, backbone_weights=None) -> tuple[nn.Module, nn.Module]:
+    """``(generator, discriminator)`` as ``config`` (a validated ``Toolkit.config``) describes
+    them, on torch's current default device, without the paper's weight init.
+
+    Inside ``with torch.device("meta"):`` they hold shapes only: nothing is allocated, however
+    large the config says they are. Must build what ``Pix2Pix._setup`` builds.
+    """
+    n_in, n_out = config["n_bands_in"], config["n_bands_out"]
+    if config["backbone"]:
+        generator = backbone_generator(config["backbone"], n_in, n_out, _size_tuple(config["chip_size"]),
+                                       weights=backbone_weights)
+    else:
+        generator = UNetGenerator(n_in, n_out, depth=config["depth"], ngf=config["ngf"], norm=config["norm"])
+    discriminator = PatchDiscriminator(n_in + n_out, ndf=config["ndf"], norm=config["norm"])
+    return generator, discriminator
+
+
+def check_state_fits(networks: dict[str, nn.Module], state, source, network: str) -> None:
+    """Raise ``ValueError`` naming ``source`` and the first tensor of ``state`` (a weights dict:
+    ``{"generator": state_dict, "discriminator": state_dict, ...}``) that is missing, extra or
+    of another shape than in ``networks`` (name -> module, e.g. built on the meta device).
+
+    ``"generator"`` must be in ``state``; the other networks are checked where present, as
+    ``Pix2Pix._load_weights`` loads them. ``network`` describes the networks for the message.
+    """
+    def fail(detail: str):
+        raise ValueError(f"{source}: the weights do not fit {network}: {detail}.")
+
+    if not isinstance(state, dict) or "generator" not in state:
+        fail("they hold no generator weights")
+    for name, net in networks.items():
+        if name not in state:
+            continue
+        found = state[name]
+        if not isinstance(found, dict):
+            fail(f"{name} is a {type(found).__name__}, not a state dict")
+        expected = net.state_dict()
+        for key, tensor in expected.items():
+            if key not in found:
+                fail(f"{name}.{key} is missing (expected shape {tuple(tensor.shape)})")
+            if not torch.is_tensor(found[key]):
+                fail(f"{name}.{key} is a {type(found[key]).__name__}, not a tensor")
+            if found[key].shape != tensor.shape:
+                fail(f"{name}.{key}: expected shape {tuple(tensor.shape)}, found {tuple(found[key].shape)}")
+        extra = [k for k in found if k not in expected]
+        if extra:
+            fail(f"{name}.{extra[0]} is not a tensor of this network"
+                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
+def check_weights_fit(config: dict, weights, source) -> None:
+    """Raise ``ValueError`` naming ``source`` unless ``weights`` fit the networks of ``config``
+    (a validated ``Toolkit.config``), tensor by tensor; the networks are built on the meta
+    device, so this costs no memory and runs before anything real is built."""
+    with torch.device("meta"):
+        generator, discriminator = build_networks(config)
+    net = f"{config['backbone']} U-Net" if config["backbone"] else \
+        f"U-Net depth {config['depth']}, ngf {config['ngf']}"
+    check_state_fits({"generator": generator, "discriminator": discriminator}, weights, source,
+                     f"the networks of the .emd's config ({net}, PatchGAN ndf {config['ndf']})")
