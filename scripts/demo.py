@@ -4,8 +4,10 @@
 
 The sample is one 900 x 900 px tile (0.5 m) with 43 footprints. The west two thirds train the
 model; the east third is held out, and the scores that matter are measured there. Steps: export
-chips with contour-reinforced footprint labels, prepare_data, Pix2Pix fit, save and reload, predict
-the whole tile with predict_raster, vectorize the footprints, score them against the truth.
+chips with contour-reinforced footprint labels, prepare_data, Pix2Pix fit, tune the footprint
+settings on the validation chips, save and reload, predict the whole tile with predict_raster,
+vectorize the footprints (touching ones separated along the outline class), score them against
+the truth, and compare the ways of making footprints (metrics.json "held_out_by_method").
 
 CPU-sized settings by default (about 8 minutes on 2 cores); the paper's sizes on a GPU.
 Writes: show_batch.png, show_results.png, loss_graph.png, footprints.png, prediction.tif,
@@ -84,27 +86,47 @@ def main(out: Path) -> dict:
     _save(model.show_results(rows=4), out / "show_results.png")
     validation = model.compute_metrics()
 
-    # 4. Save, and reload as a user would later, without the data.
+    # 4. Footprint settings from the validation chips (object F1), saved with the model; then
+    #    save, and reload as a user would later, without the data.
+    tuned = model.tune_footprints()
+    print(f"4. tuned footprint settings: threshold {tuned['threshold']}, boundary_threshold "
+          f"{tuned['boundary_threshold']}, min_area {tuned['min_area']} m² (validation object F1 "
+          f"{tuned['f1']:.3f}; {tuned['default_f1']:.3f} with the defaults)")
     emd = model.save(out / "model", overwrite=True)  # a rerun replaces the last run's model
     model = Pix2Pix.from_model(emd)
-    print(f"4. saved {emd.parent} and reloaded it")
+    print(f"   saved {emd.parent} and reloaded it")
 
-    # 5. The whole tile, then polygons.
+    # 5. The whole tile, then one polygon per building: the prediction's tags name the outline
+    #    band and the tuned settings, so vectorize needs no arguments.
     prediction = model.predict_raster(sample["image"], out / "prediction.tif", overwrite=True)
-    footprints = vectorize(prediction, min_area=10.0, simplify_tolerance=0.25)
+    footprints = vectorize(prediction, simplify_tolerance=0.25)
     write_vector(footprints, out / "footprints.gpkg", overwrite=True)
     print(f"5. {prediction.name}: scores for the whole tile; {len(footprints)} footprints -> footprints.gpkg")
 
-    # 6. Scores on the held-out east third.
+    # 6. Scores on the held-out east third, for the footprints and for the ways of making them.
     with rasterio.open(prediction) as src:  # the two parts of the tile, in map coordinates
         east = box(*bounds(Window(TRAIN_COLUMNS, 0, src.width - TRAIN_COLUMNS, src.height), src.transform))
         west = box(*bounds(Window(0, 0, TRAIN_COLUMNS, src.height), src.transform))
     held_out = footprint_scores(prediction, footprints, truth, area=east)
     trained_on = footprint_scores(prediction, footprints, truth, area=west)
+    tta = model.predict_raster(sample["image"], work / "prediction_tta.tif", tta=True, overwrite=True)
+    variants = {  # name -> (score raster, footprints)
+        "connected areas, threshold 0.5 (before outlines were used)":
+            (prediction, vectorize(prediction, boundary_band=False, threshold=0.5, min_area=10.0,
+                                   simplify_tolerance=0.25)),
+        "outline watershed, defaults": (prediction, vectorize(prediction, threshold=0.5, boundary_threshold=0.5,
+                                                              min_area=0.0, simplify_tolerance=0.25)),
+        "outline watershed, tuned (footprints.gpkg)": (prediction, footprints),
+        "+ regularized outlines": (prediction, vectorize(prediction, regularize=True)),
+        "+ test-time augmentation": (tta, vectorize(tta, simplify_tolerance=0.25)),
+    }
+    comparison = {name: footprint_scores(raster, polygons, truth, area=east)
+                  for name, (raster, polygons) in variants.items()}
     _save(plot_footprints(sample["image"], {"Predicted": footprints, "Ground truth": truth}, area=east),
           out / "footprints.png")
     metrics = {"held_out_east_third": held_out, "training_area_west": trained_on,
-               "validation_chips": validation, "settings": settings,
+               "validation_chips": validation, "footprint_settings": tuned,
+               "held_out_by_method": comparison, "settings": settings,
                "device": "cuda" if torch.cuda.is_available() else "cpu",
                "seconds": round(time.perf_counter() - start, 1)}
     with atomic_file(out / "metrics.json") as tmp:
@@ -118,6 +140,10 @@ def main(out: Path) -> dict:
               f"recall {p['recall']:.3f}")
         print(f"  objects: F1 {o['f1']:.3f} ({o['tp']} matched, {o['fp']} false, {o['fn']} missed; "
               "IoU >= 0.5)")
+    print("\nObject F1 in the held-out east third (IoU >= 0.5), by way of making footprints:")
+    for name, scores in comparison.items():
+        o = scores["object"]
+        print(f"  {name:<58} {o['f1']:.3f}  ({o['tp']} matched, {o['fp']} false, {o['fn']} missed)")
     print(f"Validation chips: PSNR {validation['psnr']:.2f} dB, SSIM {validation['ssim']:.3f}, "
           f"IoU {validation['iou']:.3f}")
     print("\nWrote:")

@@ -204,3 +204,139 @@ def test_compute_metrics_reports_the_pixel_scores(mask_model):
     # pixel whose score is within 1e-7 of the threshold
     for key in ("iou", "f1", "precision", "recall", "accuracy"):
         assert metrics[key] == pytest.approx(expected[key], abs=2e-3), key
+
+
+# --- test-time augmentation (tta=True) ---------------------------------------------------------
+
+class SymmetricConv(torch.nn.Module):
+    """A stand-in generator that commutes with every flip and 90-degree rotation, yet mixes
+    neighbouring pixels: a 3x3 convolution whose kernel has the square's symmetries (corner,
+    edge and centre weights; zero padding is symmetric too), then tanh."""
+
+    def __init__(self, bands_in: int, bands_out: int):
+        super().__init__()
+        seed = torch.Generator().manual_seed(0)
+        corner, edge, centre = torch.randn(3, bands_out, bands_in, 1, 1, generator=seed)
+        pattern = torch.tensor([[0, 1, 0], [1, 2, 1], [0, 1, 0]])
+        self.kernel = torch.where(pattern == 0, corner, torch.where(pattern == 1, edge, centre))
+
+    def forward(self, x):
+        return torch.tanh(torch.nn.functional.conv2d(x, self.kernel.to(x.dtype), padding=1))
+
+
+class Recording(torch.nn.Module):
+    """:class:`PerPixel` that records the batch shapes it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return torch.tanh(3 * x[:, :1])
+
+
+def dihedral_means(model, x: np.ndarray) -> np.ndarray:
+    """The mean of the model's outputs for the transforms of one normalised chip ``x``, each
+    turned back, written out independently of the toolkit: flips first, then rotations (the
+    same group elements as the toolkit's rotations-then-flip). 8 for a square chip; otherwise
+    identity, 180 degrees, and the left-right and up-down flips."""
+    if x.shape[1] == x.shape[2]:
+        pairs = [(lambda a, k=k: np.rot90(a, k, axes=(1, 2)), lambda a, k=k: np.rot90(a, -k, axes=(1, 2)))
+                 for k in range(4)]
+        pairs += [(lambda a, k=k: np.rot90(a[:, :, ::-1], k, axes=(1, 2)),
+                   lambda a, k=k: np.rot90(a, -k, axes=(1, 2))[:, :, ::-1]) for k in range(4)]
+    else:
+        same = lambda a: a  # noqa: E731
+        half = lambda a: a[:, ::-1, ::-1]  # noqa: E731
+        lr = lambda a: a[:, :, ::-1]  # noqa: E731
+        ud = lambda a: a[:, ::-1, :]  # noqa: E731
+        pairs = [(same, same), (half, half), (lr, lr), (ud, ud)]
+    outs = [back(model.generate(np.ascontiguousarray(there(x))[np.newaxis])[0]) for there, back in pairs]
+    return np.mean(outs, axis=0)
+
+
+@pytest.mark.parametrize("generator", [lambda m: PerPixel(), lambda m: SymmetricConv(
+    m.config["n_bands_in"], m.config["n_bands_out"])], ids=["per_pixel", "symmetric_conv"])
+def test_tta_changes_nothing_for_a_symmetric_generator(mask_model, atlanta, tmp_path, generator):
+    model = copy.copy(mask_model)
+    model.generator = generator(model)
+    raster = crop(atlanta, tmp_path, Window(13, 101, 150, 97))
+    with rasterio.open(raster) as src:
+        data = src.read()
+    for chip in (data[:, :64, :64], data[:, :50, :70]):  # 8 transforms, then the 4 of a non-square chip
+        plain = model.predict(chip)
+        assert np.abs(plain - plain[:, ::-1, ::-1]).max() > 1e-2  # the image itself is not symmetric
+        np.testing.assert_allclose(model.predict(chip, tta=True), plain, rtol=0, atol=1e-6)
+    outputs = {}
+    for tta in (False, True):
+        out = model.predict_raster(raster, tmp_path / f"tta_{tta}.tif", padding=8, batch_size=3, tta=tta,
+                                   progress=False)
+        with rasterio.open(out) as dst:
+            outputs[tta] = dst.read()
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=1e-6)
+
+
+def test_tta_is_the_mean_of_the_transformed_back_outputs(mask_model, tmp_path):
+    from toolkit.data.chips import read_chip
+    from toolkit.stats import band_validity
+
+    chip = mask_model.data.valid_ds.pairs[0].input
+    data, nodata = read_chip(chip)
+    valid = band_validity(data, nodata)
+    assert valid.all()
+    x = mask_model.input_norm.normalize(data, valid)
+    got = mask_model.predict(chip, tta=True)
+    np.testing.assert_allclose(got, mask_model.to_target_units(dihedral_means(mask_model, x)), rtol=0, atol=1e-5)
+    # a trained network is not symmetric: the augmentation does change its output
+    assert np.abs(got - mask_model.predict(chip)).max() > 1e-3
+    # a non-square chip: the 4 transforms that keep its shape
+    part = data[:, :40, :64]
+    np.testing.assert_allclose(mask_model.predict(part, tta=True),
+                               mask_model.to_target_units(dihedral_means(mask_model, x[:, :40, :64])),
+                               rtol=0, atol=1e-5)
+    # one window, no overlap: predict_raster's output is that of predict
+    with rasterio.open(chip) as src:
+        assert (src.width, src.height) == (64, 64)
+    out = mask_model.predict_raster(chip, tmp_path / "one_window.tif", padding=0, tta=True, progress=False)
+    with rasterio.open(out) as dst:
+        np.testing.assert_allclose(dst.read(), got, rtol=0, atol=1e-5)
+
+
+def test_predict_raster_with_tta_keeps_the_grid_and_nodata(mask_model, atlanta, tmp_path):
+    hole = (slice(None), slice(100, 180), slice(0, 260))  # a nodata block at the edge
+    raster = crop(atlanta, tmp_path, Window(0, 0, 300, 230), fill=hole)
+    out = mask_model.predict_raster(raster, tmp_path / "tta.tif", tta=True, batch_size=5, progress=False)
+    plain = mask_model.predict_raster(raster, tmp_path / "plain.tif", progress=False)
+    with rasterio.open(raster) as src, rasterio.open(out) as dst, rasterio.open(plain) as ref:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.width, dst.height, dst.count) == (src.width, src.height, mask_model.config["n_bands_out"])
+        assert dst.dtypes[0] == "float32" and np.isnan(dst.nodata)
+        got, without = dst.read(), ref.read()
+    assert np.isnan(got[hole]).all()
+    rest = np.delete(got, np.s_[100:180], axis=1)
+    assert np.isfinite(rest).all() and 0 <= rest.min() and rest.max() <= 1
+    assert np.abs(np.nan_to_num(got - without)).max() > 1e-3  # tta did run
+    classes = mask_model.predict_raster(raster, tmp_path / "classes.tif", threshold=0.5, tta=True,
+                                        progress=False)
+    with rasterio.open(classes) as dst:
+        assert (dst.count, dst.dtypes[0], dst.nodata) == (1, "uint8", 255)
+        assert (dst.read(1)[100:180, :260] == 255).all()
+
+
+@pytest.mark.parametrize("chip_size, variants", [(64, 8), ([64, 48], 4)])
+def test_tta_runs_every_variant_of_a_batch_of_windows_in_one_pass(mask_model, atlanta, tmp_path,
+                                                                   chip_size, variants):
+    raster = crop(atlanta, tmp_path, Window(0, 0, 200, 130))
+    model = copy.copy(mask_model)
+    model.config = dict(mask_model.config, chip_size=chip_size)  # [64, 48]: 64 wide, 48 high
+    shapes = {}
+    for tta in (False, True):
+        model.generator = Recording()
+        out = model.predict_raster(raster, tmp_path / f"tta_{tta}.tif", batch_size=3, tta=tta,
+                                   overwrite=True, progress=False)
+        shapes[tta] = model.generator.shapes
+        with rasterio.open(out) as dst:
+            np.testing.assert_allclose(dst.read(), expected_per_pixel(model, raster), rtol=1e-5, atol=1e-5)
+    assert {shape[2:] for shape in shapes[False]} == {(48 if variants == 4 else 64, 64)}
+    assert shapes[True] == [(variants * n, *rest) for n, *rest in shapes[False]]

@@ -344,3 +344,32 @@ def test_balanced_l1_weighs_class_and_background_equally():
 def test_class_balance_only_for_mask_targets(ms2pan_data):
     with pytest.raises(ValueError, match="class_balance"):
         Pix2Pix(ms2pan_data, ngf=8, ndf=8, class_balance=True)
+
+
+def test_tune_footprints_sets_the_defaults_of_vectorize(atlanta, tmp_path):
+    """Thresholds from data: chosen by object F1 on the validation chips, saved with the model,
+    written into the prediction's tags, used by vectorize(prediction) without arguments."""
+    from toolkit import vectorize
+    from toolkit.vector import BOUNDARY_BAND_TAG, SETTINGS_TAG
+
+    summary = export_training_data(atlanta["image"], tmp_path / "chips", in_class_data=atlanta["footprints"],
+                                   tile_size=64, contour_width=2, output_nofeature_tiles=False, progress=False)
+    data = prepare_data(summary.out_folder, batch_size=8, seed=0, val_split_pct=0.2)
+    torch.manual_seed(0)
+    model = Pix2Pix(data, ngf=8, ndf=8, class_balance=True, working_dir=tmp_path / "work")
+    model.fit(2, lr=2e-3, checkpoint=False)
+    tuned = model.tune_footprints(thresholds=(0.3, 0.5, 0.7), boundary_thresholds=(0.3, 0.5),
+                                  min_areas=(0.0, 5.0))
+    assert tuned["f1"] >= tuned["default_f1"]
+    settings = {k: tuned[k] for k in ("threshold", "boundary_threshold", "min_area")}
+    assert model.footprint_settings == settings
+
+    loaded = Pix2Pix.from_model(model.save(tmp_path / "m", compute_metrics=False))
+    assert loaded.footprint_settings == settings
+    out = loaded.predict_raster(atlanta["image"], tmp_path / "scores.tif", progress=False)
+    with rasterio.open(out) as src:
+        assert src.descriptions == ("1", "boundary")
+        assert src.tags()[BOUNDARY_BAND_TAG] == "2" and json.loads(src.tags()[SETTINGS_TAG]) == settings
+    by_tags = vectorize(out)
+    explicit = vectorize(out, boundary_band=1, **settings)
+    assert by_tags.geometry.equals(explicit.geometry)

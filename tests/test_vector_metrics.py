@@ -151,3 +151,87 @@ def test_footprint_scores_in_a_held_out_area(atlanta_mask, tmp_path):
     again = footprint_scores(raster, predicted, footprints.to_crs("EPSG:4326"), area=east)
     assert again["object"] == held_out["object"]
     assert again["pixel"]["iou"] == pytest.approx(held_out["pixel"]["iou"], abs=0.01)
+
+
+# --- footprints one by one: the outline class separates touching buildings ---------------------------
+
+
+@pytest.fixture(scope="module")
+def touching(atlanta, tmp_path_factory):
+    """The 43 real footprints grown by 3 m, so that neighbours touch (as blurry predictions do),
+    exported with 2 px outlines (contour_width=2), made into soft building / outline scores
+    (Gaussian, sigma 1 px): the scores a contour-trained model gives at its best."""
+    from scipy import ndimage
+
+    from toolkit import export_training_data
+
+    with rasterio.open(atlanta["image"]) as src:
+        crs, transform, profile = src.crs, src.transform, src.profile
+    grown = gpd.read_file(atlanta["footprints"]).to_crs(crs)
+    grown["geometry"] = grown.buffer(3.0, join_style="mitre")
+    out = tmp_path_factory.mktemp("touching") / "chips"
+    summary = export_training_data(atlanta["image"], out, in_class_data=grown, tile_size=900,
+                                   contour_width=2, progress=False)
+    with rasterio.open(summary.labels[0]) as src:
+        label = src.read(1)
+    scores = np.stack([ndimage.gaussian_filter((label == v).astype(np.float32), 1.0) for v in (1, 2)])
+    return {"grown": grown, "label": label, "scores": scores, "classes": summary.classes,
+            "transform": transform, "crs": crs, "profile": profile}
+
+
+def test_outlines_separate_touching_footprints(touching):
+    t = touching
+    merged = vectorize(t["scores"], transform=t["transform"], crs=t["crs"])  # as before: no outline band
+    separated = vectorize(t["scores"], boundary_band=1, transform=t["transform"], crs=t["crs"])
+    assert len(merged) < 40 and object_f1(merged, t["grown"])["f1"] < 0.8  # neighbours joined
+    assert len(separated) == 43
+    assert object_f1(separated, t["grown"])["f1"] >= 0.95
+    assert set(separated.geom_type) <= {"Polygon", "MultiPolygon"} and separated.crs == t["crs"]
+
+
+def test_a_prediction_raster_tells_vectorize_its_outline_band(touching, tmp_path):
+    from toolkit.vector import footprint_tags
+
+    t = touching
+    assert [c.get("Boundary", False) for c in t["classes"]] == [False, True]
+    path = tmp_path / "scores.tif"
+    with rasterio.open(path, "w", **(t["profile"] | {"count": 2, "dtype": "float32", "nodata": None})) as dst:
+        dst.write(t["scores"])
+        dst.update_tags(**footprint_tags(t["classes"], class_raster=False))
+    separated = vectorize(path)  # no arguments: the tags name the outline band
+    assert len(separated) == 43 and object_f1(separated, t["grown"])["f1"] >= 0.95
+    assert len(vectorize(path, boundary_band=False)) < 40
+    # windows much smaller than the scene, overlapping by more than a building: the same polygons
+    windowed = vectorize(path, window_size=128, margin=80)
+    assert len(windowed) == 43 and object_f1(windowed, separated)["f1"] == 1.0
+
+    classes = tmp_path / "classes.tif"  # a class raster (predict_raster(threshold=...)) too
+    with rasterio.open(classes, "w", **(t["profile"] | {"count": 1, "dtype": "uint8", "nodata": None})) as dst:
+        dst.write(t["label"][None])
+        dst.update_tags(**footprint_tags(t["classes"], class_raster=True))
+    assert object_f1(vectorize(classes), t["grown"])["f1"] >= 0.95
+    assert len(vectorize(classes, boundary_band=False)) < 40
+
+
+def test_tuned_settings_in_the_tags_are_the_defaults(touching, tmp_path):
+    from toolkit.vector import footprint_tags
+
+    t = touching
+    path = tmp_path / "scores.tif"
+    settings = {"threshold": 0.5, "boundary_threshold": 0.5, "min_area": 200.0}
+    with rasterio.open(path, "w", **(t["profile"] | {"count": 2, "dtype": "float32", "nodata": None})) as dst:
+        dst.write(t["scores"])
+        dst.update_tags(**footprint_tags(t["classes"], class_raster=False, settings=settings))
+    big = vectorize(path)
+    assert big["area"].min() >= 200.0 and len(big) < 43
+    assert len(vectorize(path, min_area=0.0)) == 43  # an argument wins over the tags
+
+
+def test_regularized_footprints_have_straight_edges(touching):
+    t = touching
+    plain = vectorize(t["scores"], boundary_band=1, transform=t["transform"], crs=t["crs"])
+    regular = vectorize(t["scores"], boundary_band=1, regularize=True, transform=t["transform"], crs=t["crs"])
+    assert len(regular) == len(plain) and regular.crs == t["crs"]
+    vertices = lambda gdf: sum(len(g.exterior.coords) for g in gdf.geometry.explode())  # noqa: E731
+    assert vertices(regular) < vertices(plain) / 5  # the pixel staircase is gone
+    assert object_f1(regular, t["grown"])["f1"] >= 0.95

@@ -458,9 +458,13 @@ class _VectorLabels:
 
     def classes(self, class_counts: list[np.ndarray]) -> list[dict]:
         classes = _class_entries(self.class_values)
-        if self.contour_value is not None and self.contour_value not in self.class_values:
-            classes.append({"Value": self.contour_value, "Name": "boundary",
-                            "Color": _PALETTE[len(classes) % len(_PALETTE)]})
+        if self.contour_value is not None:
+            if self.contour_value not in self.class_values:
+                classes.append({"Value": self.contour_value, "Name": "boundary",
+                                "Color": _PALETTE[len(classes) % len(_PALETTE)]})
+            # marked, so that models and vectorize know which class separates touching footprints
+            outline = next(c for c in classes if c["Value"] == self.contour_value)
+            outline.update({"Boundary": True, "ContourWidth": self.contour_width})
         return classes
 
 

@@ -49,7 +49,7 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
 
 def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                    padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
-                   overwrite: bool = False, progress: bool = True) -> Path:
+                   overwrite: bool = False, progress: bool = True, tta: bool = False) -> Path:
     """Run ``model`` (a :class:`toolkit.Pix2Pix`) over ``in_raster`` into ``out_raster``.
 
     Args:
@@ -59,6 +59,12 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
             the highest and at least ``threshold``, else 0) instead of float32 scores.
         overwrite: replace an existing ``out_raster`` that the toolkit wrote (never another
             file, and never an input).
+        tta: test-time augmentation: each window's output is the mean of the model's outputs
+            for its 8 flips and 90-degree rotations (identity, 3 rotations, and the horizontal
+            flip of each), each turned back, then blended as without it. Non-square chips get
+            the 4 transforms that keep their shape (identity, 180 degrees, the two flips). A
+            forward pass then holds ``8 * batch_size`` (or ``4 *``) window variants: 8 (4)
+            times the work and the activation memory; lower ``batch_size`` if memory is short.
 
     Returns:
         ``out_raster``: a tiled, compressed GeoTIFF with the input's CRS, transform, width and
@@ -120,7 +126,8 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
                 x, has_data = next_strip.result()
                 if k + 1 < ny:
                     next_strip = pool.submit(read_strip, k + 1, (x, has_data))
-                _blend_row(model, x, has_data, weights, acc, wsum, nx, stride_w, chip_w, batch_size)
+                _blend_row(model, x, has_data, weights, acc, wsum, nx, stride_w, chip_w, batch_size,
+                           tta)
 
                 # Rows top .. top + stride_h are final: no later window row reaches them (after
                 # the last window row, all of its rows are).
@@ -139,7 +146,7 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
                 wsum[-stride_h:] = 0
             if writing is not None:
                 writing.result()
-            dst.update_tags(**{OUTPUT_TAG: "predict_raster"})
+            _describe(dst, model, threshold)
     return out_raster
 
 
@@ -184,13 +191,15 @@ def _read_rows(src, bands: list[int], rows: np.ndarray, pad: int, strip_w: int):
     return strip, band_validity(strip, src.nodata)
 
 
-def _blend_row(model, x, has_data, weights, acc, wsum, nx, stride_w, chip_w, batch_size) -> None:
-    """Predict the ``nx`` windows of one strip in batches and add them, Hann-weighted, to ``acc``."""
+def _blend_row(model, x, has_data, weights, acc, wsum, nx, stride_w, chip_w, batch_size,
+               tta=False) -> None:
+    """Predict the ``nx`` windows of one strip in batches (``model.generate``, with test-time
+    augmentation when ``tta``) and add them, Hann-weighted, to ``acc``."""
     starts = [j * stride_w for j in range(nx)]
     todo = [s for s in starts if has_data[:, s:s + chip_w].any()]  # all-nodata windows: skip
     for i in range(0, len(todo), batch_size):
         batch = todo[i:i + batch_size]
-        out = model._generate(np.stack([x[:, :, s:s + chip_w] for s in batch]))
+        out = model.generate(np.stack([x[:, :, s:s + chip_w] for s in batch]), tta=tta)
         for s, o in zip(batch, out):
             acc[:, :, s:s + chip_w] += o * weights
     for s in starts:
@@ -207,6 +216,25 @@ def _output_profile(src, model, n_out: int, threshold) -> dict:
     values = model.target_norm.values
     dtype, nodata = ("uint8", 255) if max(values) < 255 else ("uint16", 65535)
     return profile | {"count": 1, "dtype": dtype, "nodata": nodata, "predictor": 2}
+
+
+def _describe(dst, model, threshold) -> None:
+    """Band names (class names of mask models, the target's bands otherwise) and tags: the
+    toolkit's output mark and, for mask models, what :func:`toolkit.vectorize` needs to find the
+    footprint-outline band and the model's tuned footprint settings by itself."""
+    from toolkit.vector import footprint_tags
+
+    tags = {OUTPUT_TAG: "predict_raster"}
+    if model.is_mask:
+        classes = model.target_norm.classes
+        names = ["class"] if threshold is not None else [str(c.get("Name", c["Value"])) for c in classes]
+        tags |= footprint_tags(classes, class_raster=threshold is not None,
+                               settings=getattr(model, "footprint_settings", None))
+    else:
+        names = list(model.target_norm.band_names)
+    for band, name in enumerate(names[:dst.count], start=1):
+        dst.set_band_description(band, name)
+    dst.update_tags(**tags)
 
 
 def _finish(model, block: np.ndarray, nodata_mask: np.ndarray, threshold, nodata) -> np.ndarray:

@@ -79,6 +79,19 @@ class ChipFolder:
         return sorted(folders) + [f for f in files if f.exists()]
 
 
+def _contour_keys(record: dict) -> dict:
+    """The toolkit's mark of the footprint-outline class (``export_training_data(contour_width=)``)."""
+    return {k: record[k] for k in ("Boundary", "ContourWidth") if k in record}
+
+
+def boundary_class(classes: list[dict]) -> dict | None:
+    """The class that holds footprint outlines: the one marked ``"Boundary": true`` by the export,
+    else one named ``"boundary"``; ``None`` when there is none."""
+    marked = [c for c in classes if c.get("Boundary")] or \
+        [c for c in classes if str(c.get("Name", "")).lower() == "boundary"]
+    return marked[0] if marked else None
+
+
 def dataset_type_name(name: str | None) -> str | None:
     if name is None:
         return None
@@ -171,7 +184,7 @@ def _esri_folder(path: Path, images: Path, target_dir: Path, kind: str) -> ChipF
     if kind == CLASSIFIED_TILES:
         if isinstance(emd.get("Classes"), list) and emd["Classes"]:
             classes = [{"Value": int(c["Value"]), "Name": str(c.get("Name", c["Value"])),
-                        "Color": c.get("Color")} for c in emd["Classes"]]
+                        "Color": c.get("Color")} | _contour_keys(c) for c in emd["Classes"]]
         elif isinstance(stats.get("Classes"), list) and stats["Classes"]:
             classes = [{"Value": int(c["ClassValue"]), "Name": str(c.get("ClassName", c["ClassValue"])),
                         "Color": c.get("Color")} for c in stats["Classes"]]

@@ -32,7 +32,7 @@ from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_
 from toolkit.data.chips import read_chip
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
 from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
-from toolkit.metrics import confusion, psnr, scores_from_confusion, ssim
+from toolkit.metrics import confusion, object_f1, psnr, scores_from_confusion, ssim
 from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
 from toolkit.models.gan import GANTrainer, History, Pix2PixLoss, loss_metrics
 from toolkit.models.emd_schema import build_networks, check_state_fits, check_weights_fit
@@ -115,6 +115,7 @@ class Pix2Pix:
         self.data = data
         self.history: list[dict] = []
         self.metrics: dict[str, float] = {}
+        self.footprint_settings: dict[str, float] | None = None  # tune_footprints(); vectorize's defaults
         self._suggested_lr: float | None = None
         self.device = data.device if data is not None else default_device()
         # The same builder checks a saved model's weights on the meta device (emd_schema).
@@ -184,6 +185,7 @@ class Pix2Pix:
         model._load_weights(weights, emd_path)
         model.history = list(emd["Toolkit"].get("history", []))
         model.metrics = dict(emd["Toolkit"].get("metrics", {}))
+        model.footprint_settings = emd["Toolkit"].get("footprint_settings")
         model.emd_path = emd_path
         return model
 
@@ -370,8 +372,34 @@ class Pix2Pix:
     def is_mask(self) -> bool:
         return isinstance(self.target_norm, MaskEncoding)
 
+    def generate(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Normalised ``(n, bands, h, w)`` in [-1, 1] -> generator output ``(n, bands_out, h, w)``
+        in [-1, 1] (eval mode, no gradients; mixed precision on CUDA). :meth:`predict`,
+        :meth:`predict_raster` and the validation metrics all go through here.
+
+        Args:
+            tta: test-time augmentation: the mean of the outputs for the 8 dihedral transforms of
+                each input (identity, rotations by 90, 180 and 270 degrees, and the horizontal
+                flip of each), each output transformed back first. Inputs that are not square
+                (``h != w``) get the 4 transforms that keep their shape (identity, the 180-degree
+                rotation, the horizontal and the vertical flip). All transforms of the ``n``
+                inputs run as one batch of ``8 * n`` (or ``4 * n``): 8 times the forward work and
+                the activation memory of ``tta=False``.
+        """
+        if not tta:
+            return self._generate(x)
+        x = np.asarray(x)
+        n = len(x)
+        transforms = _dihedral(x.shape[-2] == x.shape[-1])
+        out = self._generate(np.concatenate([_transform(x, k, flip) for k, flip in transforms]))
+        mean = np.zeros((n, *out.shape[1:2], *x.shape[-2:]), np.float32)
+        for i, (k, flip) in enumerate(transforms):
+            mean += _untransform(out[i * n:(i + 1) * n], k, flip)
+        return mean / np.float32(len(transforms))
+
     def _generate(self, x: np.ndarray) -> np.ndarray:
-        """Normalised ``(n, bands, h, w)`` -> generator output ``(n, bands_out, h, w)`` in [-1, 1]."""
+        """One plain forward pass: :meth:`generate` with ``tta=False`` (kept for callers of the
+        earlier name; every forward pass of the generator at inference goes through here)."""
         self.generator.eval()
         with torch.no_grad(), self._autocast():
             out = self.generator(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
@@ -391,7 +419,7 @@ class Pix2Pix:
         return self.target_norm.denormalize(out)
 
     def predict(self, image: str | os.PathLike | np.ndarray, output: str | os.PathLike | None = None,
-                *, transform=None, crs=None, overwrite: bool = False) -> np.ndarray:
+                *, transform=None, crs=None, overwrite: bool = False, tta: bool = False) -> np.ndarray:
         """Translate one chip of any size.
 
         Args:
@@ -400,6 +428,9 @@ class Pix2Pix:
                 transform (``transform``/``crs`` for an array input); nodata NaN.
             overwrite: replace an existing ``output`` that the toolkit wrote (as
                 :meth:`predict_raster`: never another file, and never the input).
+            tta: test-time augmentation: the mean over the 8 flips and 90-degree rotations of
+                the chip, each output turned back (4 for a chip that is not square: identity,
+                180 degrees and the two flips); 8 (4) times the work. See :meth:`generate`.
 
         Returns:
             float32 ``(bands, height, width)`` in target units (see :meth:`to_target_units`);
@@ -434,7 +465,7 @@ class Pix2Pix:
         valid = band_validity(data, nodata)
         check_band_coverage(valid, image if isinstance(image, (str, os.PathLike)) else "image")
         x = self.input_norm.normalize(data, valid)
-        result = self.to_target_units(self._generate(x[np.newaxis])[0])
+        result = self.to_target_units(self.generate(x[np.newaxis], tta=tta)[0])
         result[:, ~valid.any(axis=0)] = np.nan
         if output is not None:
             with atomic_file(output) as tmp:
@@ -443,13 +474,14 @@ class Pix2Pix:
 
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                        padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
-                       overwrite: bool = False, progress: bool = True) -> Path:
+                       overwrite: bool = False, progress: bool = True, tta: bool = False) -> Path:
         """Translate a whole scene into a georeferenced GeoTIFF, window by window with Hann-weighted
-        blending of overlaps (no seams); see :func:`toolkit.inference.predict_raster`."""
+        blending of overlaps (no seams); ``tta=True`` averages each window over its flips and
+        90-degree rotations first; see :func:`toolkit.inference.predict_raster`."""
         from toolkit.inference import predict_raster
 
         return predict_raster(self, in_raster, out_raster, padding=padding, batch_size=batch_size,
-                              threshold=threshold, overwrite=overwrite, progress=progress)
+                              threshold=threshold, overwrite=overwrite, progress=progress, tta=tta)
 
     # --- evaluation --------------------------------------------------------------------------------
 
@@ -457,7 +489,7 @@ class Pix2Pix:
         """``(x, y, prediction)`` numpy batches in [-1, 1] over the validation set (no augmentation)."""
         self._require_data("this")
         for x, y in self.data.valid:
-            yield x.cpu().numpy(), y.cpu().numpy(), self._generate(x.cpu().numpy())
+            yield x.cpu().numpy(), y.cpu().numpy(), self.generate(x.cpu().numpy())
 
     def compute_metrics(self) -> dict[str, float]:
         """Scores on the validation set: ``psnr`` (dB, from the MSE over the [-1, 1] data range,
@@ -480,6 +512,65 @@ class Pix2Pix:
             metrics.update(scores_from_confusion(counts))
         self.metrics = metrics
         return metrics
+
+    def tune_footprints(self, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
+                        boundary_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
+                        min_areas=(0.0, 2.0, 5.0, 10.0, 20.0)) -> dict[str, float]:
+        """Pick the footprint settings of :func:`toolkit.vectorize` by object F1 (IoU >= 0.5, the
+        SpaceNet metric) on the validation chips, and keep them with the model.
+
+        Every combination of ``thresholds`` (footprint score), ``boundary_thresholds`` (outline
+        score; only when the model has an outline class) and ``min_areas`` (CRS units squared, m²
+        for a UTM CRS) is tried; true footprints are the chips' labels, separated along their
+        outline class. The best combination becomes :attr:`footprint_settings`: saved with the
+        model, written by :meth:`predict_raster` into the prediction's tags, and so the default
+        of ``vectorize(prediction.tif)``.
+
+        Returns:
+            ``{"threshold", "boundary_threshold", "min_area", "f1", "default_f1"}``: the chosen
+            settings, their object F1 and that of the defaults (0.5, 0.5, 0).
+        """
+        from affine import Affine
+
+        from toolkit.data.layouts import boundary_class
+        from toolkit.vector import DEFAULTS, vectorize
+
+        self._require_data("tune_footprints")
+        if not self.is_mask:
+            raise ValueError("tune_footprints needs a mask model (Classified_Tiles); this one "
+                             "translates images.")
+        classes = self.target_norm.classes
+        outline = boundary_class(classes)
+        band = classes.index(outline) if outline is not None else False
+        if outline is None:
+            boundary_thresholds = (DEFAULTS["boundary_threshold"],)
+        cell = self.config.get("cell_size") or (1.0, 1.0)
+        transform = Affine.scale(cell[0], -cell[1])  # areas in CRS units, as min_area
+        chips = []
+        for _, y, pred in self._validation_batches():
+            for scores, target in zip(pred, y):
+                labels = self.target_norm.decode(target).astype(np.int32)[np.newaxis]
+                truth = vectorize(labels, boundary_class=outline["Value"] if outline else None,
+                                  boundary_band=None if outline else False, transform=transform)
+                chips.append((self.to_target_units(scores), truth))
+        results = {}
+        for t in thresholds:
+            for bt in boundary_thresholds:
+                found = [vectorize(s, boundary_band=band, threshold=t, boundary_threshold=bt,
+                                   transform=transform) for s, _ in chips]
+                for area in min_areas:
+                    counts = np.zeros(3)
+                    for polygons, (_, truth) in zip(found, chips):
+                        score = object_f1(polygons[polygons["area"] >= area], truth)
+                        counts += [score["tp"], score["fp"], score["fn"]]
+                    results[(t, bt, area)] = scores_from_confusion([*counts, 0])["f1"]
+        (t, bt, area), f1 = max(results.items(), key=lambda item: item[1])
+        default = (DEFAULTS["threshold"], DEFAULTS["boundary_threshold"], DEFAULTS["min_area"])
+        default_f1 = results.get(default)
+        self.footprint_settings = {"threshold": float(t), "boundary_threshold": float(bt), "min_area": float(area)}
+        self.metrics["footprint_f1"] = float(f1)
+        return self.footprint_settings | {"f1": float(f1),
+                                          "default_f1": float(default_f1) if default_f1 is not None else None}
 
     @property
     def available_metrics(self) -> list[str]:
@@ -519,7 +610,7 @@ class Pix2Pix:
 
         def sample(i: int):
             x, y = (t.numpy() for t in dataset[i])
-            prediction = self._generate(x[np.newaxis])[0]
+            prediction = self.generate(x[np.newaxis])[0]
             return x, self._display_target(y), self._display_target(prediction)
 
         return viz.ResultsViewer(sample, len(dataset), self.input_norm.band_names, rgb_bands=rgb_bands)
@@ -611,7 +702,7 @@ class Pix2Pix:
             "ImageSpaceUsed": "MAP_SPACE",
             "Toolkit": {"version": __version__, "config": c, "input_norm": self.input_norm.to_dict(),
                         "target_norm": self.target_norm.to_dict(), "history": self.history,
-                        "metrics": self.metrics},
+                        "metrics": self.metrics, "footprint_settings": self.footprint_settings},
         }
         if self.is_mask:
             emd["Classes"] = self.target_norm.classes
@@ -638,6 +729,25 @@ def _arcgis_stats(norm: BandNorm) -> dict:
     return {"band_min_values": norm.min, "band_max_values": norm.max,
             "band_mean_values": norm.mean, "band_std_values": norm.std,
             "scaled_min_values": norm.low.tolist(), "scaled_max_values": norm.high.tolist()}
+
+
+def _dihedral(square: bool) -> list[tuple[int, bool]]:
+    """Test-time transforms as ``(quarter turns, horizontal flip after the turns)``: the 8 of the
+    dihedral group for square inputs, the 4 that keep the shape for the others."""
+    return [(k, flip) for k in ((0, 1, 2, 3) if square else (0, 2)) for flip in (False, True)]
+
+
+def _transform(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate the last two axes of ``x`` by ``k`` quarter turns (counter-clockwise), then flip
+    them left to right when ``flip``."""
+    x = np.rot90(x, k, axes=(-2, -1))
+    return x[..., ::-1] if flip else x
+
+
+def _untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """The inverse of :func:`_transform`: an output of a transformed input back on the input's grid."""
+    y = y[..., ::-1] if flip else y
+    return np.rot90(y, -k, axes=(-2, -1))
 
 
 def _size_tuple(size) -> tuple[int, int]:
