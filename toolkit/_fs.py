@@ -19,6 +19,7 @@ and never an input.**
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -131,7 +132,7 @@ def remove_stale_in(folder: str | os.PathLike) -> list[Path]:
 def _clear_stale(folder: Path, only: str | None = None) -> list[Path]:
     if not folder.is_dir():
         return []
-    pattern = f".{glob_escape(only)}.*" if only is not None else ".*"
+    pattern = f".{glob.escape(only)}.*" if only is not None else ".*"
     removed = []
     for path in sorted(folder.glob(pattern), key=lambda p: p.name):
         match = _TEMP_NAME.match(path.name)
@@ -144,10 +145,6 @@ def _clear_stale(folder: Path, only: str | None = None) -> list[Path]:
         _remove(path)
         removed.append(path)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 # --- folders ------------------------------------------------------------------------------------------
@@ -274,5 +271,5 @@ def atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
         _remove(tmp)
         raise
     finally:
-        for sidecar in tmp.parent.glob(glob_escape(tmp.name) + ".*"):  # e.g. GDAL's .aux.xml
+        for sidecar in tmp.parent.glob(glob.escape(tmp.name) + ".*"):  # e.g. GDAL's .aux.xml
             sidecar.unlink(missing_ok=True)
