@@ -163,4 +163,11 @@ def _save(fig, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("demo_output"))
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("demo_output")
+    try:
+        main(folder)
+    except FileExistsError as err:
+        # The toolkit replaces only what it recognises as its own output; folders written by
+        # versions before the output manifests (or holding other files) are left alone.
+        sys.exit(f"{err}\nThe demo does not remove files it cannot tell are its own: remove "
+                 f"{folder} (e.g. written by an older version of the toolkit) and run it again.")
