@@ -177,3 +177,98 @@ def hand_made(rotterdam, tmp_path_factory) -> Path:
             write_raster(b / f"tile_{i}.tif", sar.read(window=window),
                          transform=sar.window_transform(window), crs=sar.crs, nodata=None)
     return out
+
+
+# --- unpaired (CycleGAN) folders from three disjoint Rotterdam scenes ---------------------------
+
+
+@pytest.fixture(scope="session")
+def rotterdam_unpaired(rotterdam, tmp_path_factory) -> Path:
+    """The reference CycleGAN layout, 64 px GeoTIFF chips at 1 m (EPSG:32631), made with
+    ``export_training_data`` from three Rotterdam scenes that do not overlap:
+
+    - ``trainA/ms1_000.tif``...: 16 chips of scene 1's multispectral image (4 bands, float64);
+    - ``trainB/pan2_000.tif``...: 18 chips of scene 2's panchromatic image (1 band, uint16), the
+      0.5 m pan averaged onto the scene's 1 m multispectral grid, so a B chip covers the same
+      64 m x 64 m as an A chip (and no A chip shares a pixel with a B chip);
+    - ``testA/r3_000.tif`` + ``testB/r3_000.tif``...: 9 true pairs of scene 3 (multispectral and
+      the pan averaged onto the same 1 m grid, the same names).
+
+    Scenes 2 and 3 are filled with 0 above the imaged area (rows 0-99 and 0-149 of the 1 m grid,
+    not declared as nodata in the files): those rows are clipped away first.
+    """
+    import shutil
+
+    from rasterio.windows import Window
+
+    from toolkit import export_training_data
+    from toolkit.raster import clip_raster
+
+    work = tmp_path_factory.mktemp("unpaired")
+    out = work / "rotterdam_unpaired"
+
+    def export(scene, first_row, stride, name):
+        imaged = clip_raster(rotterdam[f"multispectral_{scene}"], work / f"ms{scene}.tif",
+                             window=Window(0, first_row, 300, 300 - first_row))
+        return export_training_data(imaged, work / name, additional_input_raster=rotterdam[f"panchromatic_{scene}"],
+                                    resampling="average", tile_size=64, stride=stride, progress=False)
+
+    train_a = export_training_data(rotterdam["multispectral_1"], work / "a", tile_size=64, stride=72,
+                                   progress=False)
+    train_b = export(2, 100, 47, "b")
+    test = export(3, 150, (96, 43), "test")
+    for folder, chips, prefix in (("trainA", train_a.images, "ms1"), ("trainB", train_b.images2, "pan2"),
+                                  ("testA", test.images, "r3"), ("testB", test.images2, "r3")):
+        (out / folder).mkdir(parents=True)
+        for i, chip in enumerate(chips):
+            shutil.copy(chip, out / folder / f"{prefix}_{i:03d}.tif")
+    return out
+
+
+@pytest.fixture(scope="session")
+def rotterdam_cyclegan_export(rotterdam, tmp_path_factory) -> Path:
+    """``export_training_data(metadata_format="CycleGAN")`` of two rasters of different resolution,
+    band count and place: A/ = scene 1's multispectral image (4 bands, 1 m): 16 chips of 64 px,
+    each 64 m x 64 m; B/ = scene 2's panchromatic image (1 band, 0.5 m): 64 chips of 64 px, each
+    32 m x 32 m. Both cut with tile 64 px, stride 72 px, each on its own grid."""
+    from toolkit import export_training_data
+
+    out = tmp_path_factory.mktemp("unpaired") / "rotterdam_cyclegan"
+    export_training_data(rotterdam["multispectral_1"], out, additional_input_raster=rotterdam["panchromatic_2"],
+                         metadata_format="CycleGAN", tile_size=64, stride=72, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rotterdam_pan_green(rotterdam, tmp_path_factory) -> Path:
+    """Unpaired band synthesis in the reference layout, from three parts of one Rotterdam scene
+    (columns 0-99, 100-199 and 200-299 of its 1 m grid; no part shares a pixel):
+
+    - ``trainA/``: 40 chips of the panchromatic image averaged onto the 1 m grid (part 1);
+    - ``trainB/``: 40 chips of the multispectral image's green band (part 2);
+    - ``testA/`` + ``testB/``: 10 true pairs of both (part 3), the same names.
+
+    64 px GeoTIFF chips. One band each, so CycleGAN's identity loss applies (it anchors the
+    translation's sign; see tests/test_cyclegan.py).
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    from toolkit.raster import write_raster
+
+    out = tmp_path_factory.mktemp("unpaired") / "rotterdam_pan_green"
+    with rasterio.open(rotterdam["multispectral_1"]) as ms, rasterio.open(rotterdam["panchromatic_1"]) as pan:
+        green = ms.read(2).astype(np.float32)[np.newaxis]
+        pan_1m = pan.read(out_shape=(1, ms.height, ms.width), resampling=Resampling.average)
+        for data, folder, first_col, row_step in ((pan_1m, "trainA", 0, 12), (green, "trainB", 100, 12),
+                                                  (pan_1m, "testA", 200, 48), (green, "testB", 200, 48)):
+            (out / folder).mkdir(parents=True)
+            windows = [Window(col, row, 64, 64) for row in range(0, ms.height - 63, row_step)
+                       for col in range(first_col, first_col + 100 - 63, 36)]
+            for i, w in enumerate(windows):
+                write_raster(out / folder / f"chip_{i:03d}.tif", data[:, w.row_off:w.row_off + 64,
+                                                                         w.col_off:w.col_off + 64],
+                             transform=ms.window_transform(w), crs=ms.crs, nodata=None)
+    return out

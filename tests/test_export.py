@@ -394,3 +394,117 @@ def test_only_tiles_with_features(atlanta, tmp_path):
     assert [read(p)[1] for p in some.labels] == [read(p)[1] for p in with_features]
     with pytest.raises(ValueError, match="needs in_class_data"):
         export_training_data(atlanta["image"], tmp_path / "x", output_nofeature_tiles=False)
+
+
+# --- CycleGAN: two rasters, each on its own grid ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pan_web_mercator(rotterdam, tmp_path_factory):
+    """Scene 2's panchromatic image reprojected to EPSG:3857 at 0.7 m: another CRS, resolution,
+    place and band count than scene 1's multispectral image."""
+    path = tmp_path_factory.mktemp("cyclegan") / "pan2_3857.tif"
+    with rasterio.open(rotterdam["panchromatic_2"]) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:3857", src.width, src.height, *src.bounds, resolution=0.7)
+        with rasterio.open(path, "w", **(src.profile | {"crs": "EPSG:3857", "transform": transform,
+                                                         "width": width, "height": height})) as dst:
+            reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=Resampling.bilinear)
+    return path
+
+
+def test_cyclegan_export_cuts_each_raster_on_its_own_grid(rotterdam, pan_web_mercator, tmp_path):
+    out = tmp_path / "unpaired"
+    summary = export_training_data(rotterdam["multispectral_1"], out, additional_input_raster=pan_web_mercator,
+                                   metadata_format="CycleGAN", tile_size=64, stride=72, progress=False)
+    with rasterio.open(pan_web_mercator) as src:
+        pan_width, pan_height = src.width, src.height
+    n_b = len(range(0, pan_width - 63, 72)) * len(range(0, pan_height - 63, 72))
+    assert (summary.metadata_format, summary.num_chips, summary.num_chips_b) == ("CycleGAN", 16, n_b)
+    assert "16 (A/) and" in repr(summary)
+    assert summary.images[0] == out / "A" / "images" / "000000000.tif"
+    assert summary.images2[0] == out / "B" / "images" / "000000000.tif"
+
+    for raster, chips, folder in ((rotterdam["multispectral_1"], summary.images, "A"),
+                                  (pan_web_mercator, summary.images2, "B")):
+        with rasterio.open(raster) as src:
+            cols = range(0, src.width - 63, 72)
+            chip_windows = [Window(c, r, 64, 64) for r in range(0, src.height - 63, 72) for c in cols]
+            assert len(chips) == len(chip_windows)
+            for path, window in zip(chips, chip_windows):
+                data, transform, crs, _ = read(path)
+                assert crs == src.crs and transform == src.window_transform(window)  # its own grid
+                np.testing.assert_array_equal(data, src.read(window=window))
+                assert esri.read_world_file(path.with_suffix(".tfw")).almost_equals(transform, precision=1e-9)
+            pixels = np.stack([read(p)[0] for p in chips]).astype(np.float64)
+
+        stats = json.loads((out / folder / "esri_accumulated_stats.json").read_text())
+        emd = json.loads((out / folder / "esri_model_definition.emd").read_text())
+        assert stats["MetaDataMode"] == "CycleGAN" and stats["NumTiles"] == len(chips)
+        assert stats["NumBands"] == src.count and "NumBands2" not in stats
+        assert stats["MinCellSize"]["x"] == pytest.approx(src.res[0])
+        assert [b["Mean"] for b in emd["AllTilesStats"]] == pytest.approx(pixels.mean(axis=(0, 2, 3)).tolist())
+        assert [b["Max"] for b in emd["AllTilesStats"]] == pixels.max(axis=(0, 2, 3)).tolist()
+        assert "AllTilesStats2" not in emd and (emd["ImageWidth"], emd["ImageHeight"]) == (64, 64)
+        rows = esri.read_map(out / folder / "map.txt")
+        assert sorted(rows) == [(f"images/{p.name}",) for p in chips]
+    assert (out / "B" / "stats.txt").read_text().startswith(f"images = {n_b} *1*64*64")
+    manifest = json.loads((out / ".toolkit-output.json").read_text())
+    assert "A/images/000000000.tif" in manifest["files"] and "B/map.txt" in manifest["files"]
+
+
+def test_cyclegan_export_resizes_both_domains_alike(rotterdam, tmp_path):
+    summary = export_training_data(rotterdam["multispectral_1"], tmp_path / "resized",
+                                   additional_input_raster=rotterdam["panchromatic_2"], metadata_format="CycleGAN",
+                                   tile_size=128, resize_to=64, progress=False)
+    assert (summary.num_chips, summary.num_chips_b) == (4, 16)  # 300 px and 600 px, trimmed
+    for path, cell in ((summary.images[0], 2 * 1.0000483), (summary.images2[0], 2 * 0.4999935)):
+        data, transform, _, _ = read(path)
+        assert data.shape[1:] == (64, 64) and transform.a == pytest.approx(cell)
+
+
+def test_cyclegan_export_refusals(rotterdam, atlanta, tmp_path):
+    ms, pan = rotterdam["multispectral_1"], rotterdam["panchromatic_2"]
+    out = tmp_path / "unpaired"
+    check_refused(out, ValueError, "needs additional_input_raster", lambda: export_training_data(
+        ms, out, metadata_format="CycleGAN", tile_size=64, progress=False))
+    check_refused(out, ValueError, "takes no in_class_data", lambda: export_training_data(
+        atlanta["image"], out, additional_input_raster=pan, in_class_data=atlanta["footprints"],
+        metadata_format="CycleGAN", tile_size=64, progress=False))
+    # a tile larger than domain A's raster (300 px) is refused before anything is written
+    check_refused(out, ValueError, "larger than the raster", lambda: export_training_data(
+        ms, out, additional_input_raster=pan, metadata_format="CycleGAN", tile_size=400, progress=False))
+
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    check_refused(out, FileExistsError, "keep.txt", lambda: export_training_data(
+        ms, out, additional_input_raster=pan, metadata_format="CycleGAN", tile_size=150, overwrite=True,
+        progress=False))
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    first = export_training_data(ms, out, additional_input_raster=pan, metadata_format="CycleGAN",
+                                 tile_size=150, overwrite=True, progress=False)
+    again = export_training_data(ms, out, additional_input_raster=pan, metadata_format="CycleGAN",
+                                 tile_size=100, overwrite=True, progress=False)  # its own: replaced
+    assert (first.num_chips, first.num_chips_b, again.num_chips, again.num_chips_b) == (4, 16, 9, 36)
+    assert no_leftovers(tmp_path, "unpaired")
+
+
+def test_a_cyclegan_export_failing_in_domain_b_leaves_nothing_half_written(rotterdam, tmp_path, monkeypatch):
+    out = tmp_path / "unpaired"
+    export_training_data(rotterdam["multispectral_1"], out, additional_input_raster=rotterdam["panchromatic_2"],
+                         metadata_format="CycleGAN", tile_size=150, progress=False)
+    before = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*"))
+    real_write = export_module.write_raster
+
+    def failing_write(path, *args, **kwargs):
+        if Path(path).parent.parent.name == "B":
+            raise OSError("disk full")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "write_raster", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        export_training_data(rotterdam["multispectral_1"], out, additional_input_raster=rotterdam["panchromatic_2"],
+                             metadata_format="CycleGAN", tile_size=100, overwrite=True, progress=False)
+    assert sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*")) == before
+    assert no_leftovers(tmp_path, "unpaired")

@@ -19,6 +19,8 @@ _EXPORTS = {
     "ExportSummary": "toolkit.export",
     "prepare_data": "toolkit.data",
     "Pix2Pix": "toolkit.models",
+    "CycleGAN": "toolkit.models",
+    "load_model": "toolkit.models",
     "predict_raster": "toolkit.inference",
     "vectorize": "toolkit.vector",
     "write_vector": "toolkit.vector",

@@ -9,6 +9,10 @@ writes it and the readers that load it::
       labels/000000000.tif   Classified_Tiles: single-band class values of the same chip
       map.txt                one line per chip, Windows separators, CRLF
       esri_accumulated_stats.json, esri_model_definition.emd, stats.txt
+
+CycleGAN (unpaired) data is two such folders side by side, one per raster, each cut on its own
+grid: ``A/`` (the input raster) and ``B/`` (the additional raster), as arcgis.learn reads it (see
+:mod:`toolkit.data.unpaired`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ STATS_TEXT_FILE = "stats.txt"
 
 EXPORT_TILES = "Export_Tiles"
 CLASSIFIED_TILES = "Classified_Tiles"
-METADATA_FORMATS = (EXPORT_TILES, CLASSIFIED_TILES)
+CYCLEGAN = "CycleGAN"
+METADATA_FORMATS = (EXPORT_TILES, CLASSIFIED_TILES, CYCLEGAN)
+DOMAIN_FOLDERS = ("A", "B")  # CycleGAN: one export folder per raster
 
 # image_format -> (file extension, GDAL driver, world file extension)
 IMAGE_FORMATS = {

@@ -3,7 +3,8 @@
 :func:`export_training_data` cuts a raster into chips on a regular grid and writes them, with the
 matching chips of a second raster (``images2/``, the pix2pix target) or a class mask rasterized
 from polygons (``labels/``), in Esri's layout (see :mod:`toolkit.esri`). Each chip is a GeoTIFF
-(or PNG) carrying the CRS and the transform of its window, plus a world file.
+(or PNG) carrying the CRS and the transform of its window, plus a world file. For CycleGAN the
+two rasters need not overlap: each is cut on its own grid into its own folder (``A/``, ``B/``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import geopandas as gpd
@@ -52,16 +54,20 @@ class ExportSummary:
     metadata_format: str
     num_chips: int
     chip_size: tuple[int, int]  # (width, height) of the written chips
-    images: list[Path]
-    images2: list[Path] = field(default_factory=list)
+    images: list[Path]  # CycleGAN: domain A's chips (A/images/)
+    images2: list[Path] = field(default_factory=list)  # the paired targets; CycleGAN: B/images/
     labels: list[Path] = field(default_factory=list)
     classes: list[dict] = field(default_factory=list)  # [{"Value", "Name", "Color"}]
     skipped: int = 0  # tiles left out: all nodata, below min_valid_fraction, or without features
+    num_chips_b: int | None = None  # CycleGAN: chips of domain B (``num_chips`` counts A's)
 
     def __repr__(self) -> str:
         parts = [f"{self.num_chips} chips of {self.chip_size[0]}x{self.chip_size[1]} px",
                  self.metadata_format, f"in {self.out_folder}"]
-        if self.images2:
+        if self.num_chips_b is not None:
+            parts[0] = f"{self.num_chips} (A/) and {self.num_chips_b} (B/) chips of " \
+                       f"{self.chip_size[0]}x{self.chip_size[1]} px"
+        elif self.images2:
             parts.append("with images2/")
         if self.labels:
             names = ", ".join(f"{c['Value']}={c['Name']}" for c in self.classes)
@@ -119,13 +125,18 @@ def export_training_data(
         additional_input_raster: a second raster (the pix2pix target) read on ``in_raster``'s grid
             (reprojected and resampled with ``resampling`` when its CRS, resolution or extent
             differ) and written to ``images2/`` under the same chip names. Metadata format
-            ``Export_Tiles``.
+            ``Export_Tiles``. With ``metadata_format="CycleGAN"`` it is instead domain B of
+            unpaired data: cut on its own grid (its own CRS, resolution, extent and band count;
+            it need not overlap ``in_raster``) with the same ``tile_size``, ``stride`` and
+            ``resize_to`` in pixels, into ``B/``, while ``in_raster`` goes to ``A/``; chip
+            counts may differ, and each folder holds its own metadata and statistics.
         in_class_data: polygons (a GeoJSON, GeoPackage, Shapefile... path, or a GeoDataFrame),
             reprojected to the raster's CRS and rasterized on each chip's grid, or a single-band
             integer class raster (nearest-neighbour on the input's grid). Written to ``labels/``:
             class values, background 0. Metadata format ``Classified_Tiles``.
-        metadata_format: ``"Export_Tiles"`` or ``"Classified_Tiles"``; by default inferred from
-            the inputs above.
+        metadata_format: ``"Export_Tiles"``, ``"Classified_Tiles"`` or ``"CycleGAN"`` (needs
+            ``additional_input_raster``); by default Export_Tiles or Classified_Tiles, inferred
+            from the inputs above.
         tile_size: chip size in input pixels, ``n`` or ``(width, height)``.
         stride: step between chips; defaults to ``tile_size`` (no overlap).
         class_value_field: attribute holding each polygon's integer class value (> 0);
@@ -139,8 +150,9 @@ def export_training_data(
         resize_to: resize every written chip to ``n`` or ``(width, height)`` pixels (bilinear for
             images, nodata-aware; polygons are rasterized directly on the resized grid; class
             rasters nearest); the chip transform is scaled to match.
-        resampling: how ``additional_input_raster`` is resampled onto the input's grid: a
-            :class:`rasterio.enums.Resampling` name (``"bilinear"``, ``"cubic"``, ``"average"``...).
+        resampling: how ``additional_input_raster`` is resampled onto the input's grid (not
+            for CycleGAN, where it keeps its own): a :class:`rasterio.enums.Resampling` name
+            (``"bilinear"``, ``"cubic"``, ``"average"``...).
         edge: ``"trim"`` drops the partial last row/column of tiles; ``"pad"`` keeps it, padded
             with nodata.
         image_format: ``"tif"`` (GeoTIFF + .tfw) or ``"png"`` (PNG + .pgw + .aux.xml; uint8 or
@@ -158,8 +170,6 @@ def export_training_data(
         An :class:`ExportSummary` with the chip count and the written paths.
     """
     tile = size_pair(tile_size, "tile_size")
-    step = size_pair(stride, "stride") if stride is not None else tile
-    out_size = size_pair(resize_to, "resize_to") if resize_to is not None else tile
     if edge not in ("trim", "pad"):
         raise ValueError(f"edge must be 'trim' or 'pad', got {edge!r}.")
     if image_format not in esri.IMAGE_FORMATS:
@@ -171,100 +181,176 @@ def export_training_data(
     if not output_nofeature_tiles and in_class_data is None:
         raise ValueError("output_nofeature_tiles=False keeps chips with features: it needs in_class_data.")
     metadata_format = _metadata_format(metadata_format, additional_input_raster, in_class_data)
+    warp = _resampling(resampling)
+    tiling = _Tiling(tile, size_pair(stride, "stride") if stride is not None else tile,
+                     size_pair(resize_to, "resize_to") if resize_to is not None else tile,
+                     edge, min_valid_fraction, *esri.IMAGE_FORMATS[image_format], progress)
     inputs = [in_raster, additional_input_raster,
               None if isinstance(in_class_data, gpd.GeoDataFrame) else in_class_data]
     check_not_input(out_folder, inputs, role="out_folder")
     out_folder = check_output_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND)
-    chip_ext, driver, world_ext = esri.IMAGE_FORMATS[image_format]
 
     with ExitStack() as stack:
         stack.enter_context(streaming_env())
         ds = stack.enter_context(open_raster(in_raster, "in_raster"))
-        grid = Grid.of(ds)
-        readers = [AlignedReader(ds, grid, role="in_raster")]
+        ds2 = None
         if additional_input_raster is not None:
             ds2 = stack.enter_context(open_raster(additional_input_raster, "additional_input_raster"))
-            readers.append(AlignedReader(ds2, grid, role="additional_input_raster",
-                                         resampling=_resampling(resampling)))
-        for reader in readers:
-            stack.callback(reader.close)
+        parts = _parts(ds, ds2, unpaired=metadata_format == esri.CYCLEGAN, resampling=warp)
+        for part in parts:
+            for reader in part.readers:
+                stack.callback(reader.close)
         labels = None
         if in_class_data is not None:
-            labels = _label_source(in_class_data, grid, class_value_field, contour_width,
+            labels = _label_source(in_class_data, parts[0].grid, class_value_field, contour_width,
                                    contour_value, stack)
         if image_format == "png":
-            for reader in readers:
+            for reader in (r for part in parts for r in part.readers):
                 if reader.dtype not in _PNG_DTYPES:
                     raise ValueError(f"{reader.role} {reader.ds.name}: PNG chips hold uint8 or "
                                      f"uint16 bands, not {reader.dtype}; use image_format='tif'.")
-        cols = tile_offsets(grid.width, tile[0], step[0], edge)
-        rows = tile_offsets(grid.height, tile[1], step[1], edge)
+        windows = [tiling.windows(part.grid) for part in parts]  # before writing: tile size checks
 
-        summary = ExportSummary(out_folder=out_folder, metadata_format=metadata_format,
-                                num_chips=0, chip_size=out_size, images=[])
-        stats = [BandStatistics(r.count) for r in readers]
-        class_counts: list[np.ndarray] = []  # pixels per label value, one array per chip
-        map_rows: list[list[str]] = []
         with atomic_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND) as staging:
-            folders = [esri.IMAGES, esri.IMAGES2][:len(readers)]  # one per reader, in order
-            for name in folders + ([esri.LABELS] if labels is not None else []):
-                (staging / name).mkdir()
-            windows = [Window(c, r, tile[0], tile[1]) for r in rows for c in cols]
-            for window in tqdm(windows, desc="Exporting chips", unit="chip", disable=not progress,
-                               leave=False):
-                chips, fraction = _read_tile(readers, window)
-                if fraction == 0 or fraction < min_valid_fraction:
-                    summary.skipped += 1
-                    continue
-                transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
-                if out_size != tile:
-                    transform = transform @ Affine.scale(tile[0] / out_size[0], tile[1] / out_size[1])
-                label = labels.chip(window, transform, out_size) if labels is not None else None
-                if label is not None and not output_nofeature_tiles and not label.any():
-                    summary.skipped += 1
-                    continue
-                if out_size != tile:
-                    chips = [(r, *_resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
-                name = esri.chip_name(summary.num_chips, chip_ext)
-                row_paths = []
-                for folder, (reader, data, band_valid), st in zip(folders, chips, stats):
-                    _write_chip(staging / folder / name, data, transform, grid.crs, reader.nodata,
-                                driver, world_ext)
-                    st.update(data, band_valid)
-                    row_paths.append(f"{folder}/{name}")
-                if label is not None:
-                    _write_chip(staging / esri.LABELS / name, label, transform, grid.crs, None,
-                                driver, world_ext)
-                    class_counts.append(np.bincount(label.ravel()))
-                    row_paths.append(f"{esri.LABELS}/{name}")
-                map_rows.append(row_paths)
-                summary.num_chips += 1
+            written = [_export_part(staging / part.folder, part, part_windows, tiling,
+                                    metadata_format=metadata_format, labels=labels,
+                                    output_nofeature_tiles=output_nofeature_tiles)
+                       for part, part_windows in zip(parts, windows)]
+    return _summary(out_folder, metadata_format, tiling, parts, written, with_labels=labels is not None)
 
-            if summary.num_chips == 0:
-                raise ValueError(
-                    f"in_raster {ds.name}: none of the {len(windows)} tiles of {tile[0]}x{tile[1]} "
-                    f"px has valid (not nodata) pixels, or a share of them of at least "
-                    f"min_valid_fraction={min_valid_fraction}."
-                )
-            for reader, st in zip(readers, stats):
-                empty = (np.flatnonzero(st.count == 0) + 1).tolist()
-                if empty:
-                    raise ValueError(f"{reader.role} {reader.ds.name}: band(s) {empty} hold no finite, "
-                                     "not-nodata value in any exported chip (all NaN, +-inf or nodata).")
-            classes = labels.classes(class_counts) if labels is not None else []
-            _write_metadata(staging, metadata_format=metadata_format, map_rows=map_rows,
-                            out_size=out_size, readers=readers, stats=stats, classes=classes,
-                            class_counts=class_counts,
-                            cell_size=(abs(grid.transform.a) * tile[0] / out_size[0],
-                                       abs(grid.transform.e) * tile[1] / out_size[1]))
 
-    names = [esri.chip_name(i, chip_ext) for i in range(summary.num_chips)]
-    summary.images = [out_folder / esri.IMAGES / n for n in names]
-    if additional_input_raster is not None:
-        summary.images2 = [out_folder / esri.IMAGES2 / n for n in names]
-    if labels is not None:
-        summary.labels = [out_folder / esri.LABELS / n for n in names]
-    summary.classes = classes
+class _Tiling(NamedTuple):
+    """How every raster of an export is cut into chips and written."""
+
+    tile: tuple[int, int]  # (width, height) of a tile in the raster's pixels
+    step: tuple[int, int]
+    out_size: tuple[int, int]  # (width, height) of the written chips
+    edge: str
+    min_valid_fraction: float
+    chip_ext: str
+    driver: str
+    world_ext: str
+    progress: bool
+
+    def windows(self, grid: Grid) -> list[Window]:
+        """The tiles of ``grid``, row by row."""
+        cols = tile_offsets(grid.width, self.tile[0], self.step[0], self.edge)
+        rows = tile_offsets(grid.height, self.tile[1], self.step[1], self.edge)
+        return [Window(c, r, self.tile[0], self.tile[1]) for r in rows for c in cols]
+
+
+class _Part(NamedTuple):
+    """Rasters cut together on one grid into one folder (``""``: the export folder itself)."""
+
+    folder: str
+    readers: list[AlignedReader]  # the first writes images/, a second images2/
+    grid: Grid
+
+
+class _Written(NamedTuple):
+    num_chips: int
+    skipped: int
+    classes: list[dict]
+
+
+def _parts(ds, ds2, *, unpaired: bool, resampling: Resampling) -> list[_Part]:
+    """Paired formats: one part, ``ds2`` read on ``ds``'s grid. CycleGAN: one part per raster,
+    each on its own grid, into ``A/`` and ``B/``."""
+    grid = Grid.of(ds)
+    first = AlignedReader(ds, grid, role="in_raster")
+    if unpaired:
+        grid2 = Grid.of(ds2)
+        second = AlignedReader(ds2, grid2, role="additional_input_raster")
+        return [_Part(esri.DOMAIN_FOLDERS[0], [first], grid), _Part(esri.DOMAIN_FOLDERS[1], [second], grid2)]
+    readers = [first]
+    if ds2 is not None:
+        readers.append(AlignedReader(ds2, grid, role="additional_input_raster", resampling=resampling))
+    return [_Part("", readers, grid)]
+
+
+def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tiling, *,
+                 metadata_format: str, labels, output_nofeature_tiles: bool) -> _Written:
+    """Cut ``part``'s rasters into ``windows`` and write the chips (``images/``, ``images2/``,
+    ``labels/``) and the metadata files into ``folder`` (created)."""
+    readers, grid, tile, out_size = part.readers, part.grid, tiling.tile, tiling.out_size
+    stats = [BandStatistics(r.count) for r in readers]
+    class_counts: list[np.ndarray] = []  # pixels per label value, one array per chip
+    map_rows: list[list[str]] = []
+    skipped = 0
+    folders = [esri.IMAGES, esri.IMAGES2][:len(readers)]  # one per reader, in order
+    for name in folders + ([esri.LABELS] if labels is not None else []):
+        (folder / name).mkdir(parents=True)
+    for window in tqdm(windows, desc="Exporting chips", unit="chip", disable=not tiling.progress,
+                       leave=False):
+        chips, fraction = _read_tile(readers, window)
+        if fraction == 0 or fraction < tiling.min_valid_fraction:
+            skipped += 1
+            continue
+        transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
+        if out_size != tile:
+            transform = transform @ Affine.scale(tile[0] / out_size[0], tile[1] / out_size[1])
+        label = labels.chip(window, transform, out_size) if labels is not None else None
+        if label is not None and not output_nofeature_tiles and not label.any():
+            skipped += 1
+            continue
+        if out_size != tile:
+            chips = [(r, *_resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
+        name = esri.chip_name(len(map_rows), tiling.chip_ext)
+        row_paths = []
+        for sub, (reader, data, band_valid), st in zip(folders, chips, stats):
+            _write_chip(folder / sub / name, data, transform, grid.crs, reader.nodata, tiling)
+            st.update(data, band_valid)
+            row_paths.append(f"{sub}/{name}")
+        if label is not None:
+            _write_chip(folder / esri.LABELS / name, label, transform, grid.crs, None, tiling)
+            class_counts.append(np.bincount(label.ravel()))
+            row_paths.append(f"{esri.LABELS}/{name}")
+        map_rows.append(row_paths)
+
+    _check_written(readers, stats, len(map_rows), len(windows), tiling)
+    classes = labels.classes(class_counts) if labels is not None else []
+    _write_metadata(folder, metadata_format=metadata_format, map_rows=map_rows, out_size=out_size,
+                    readers=readers, stats=stats, classes=classes, class_counts=class_counts,
+                    cell_size=(abs(grid.transform.a) * tile[0] / out_size[0],
+                               abs(grid.transform.e) * tile[1] / out_size[1]))
+    return _Written(len(map_rows), skipped, classes)
+
+
+def _check_written(readers: list[AlignedReader], stats: list[BandStatistics], num_chips: int,
+                   num_windows: int, tiling: _Tiling) -> None:
+    """Refuse an export without chips, or with a band that holds no value in any chip."""
+    if num_chips == 0:
+        first = readers[0]
+        raise ValueError(
+            f"{first.role} {first.ds.name}: none of the {num_windows} tiles of {tiling.tile[0]}x"
+            f"{tiling.tile[1]} px has valid (not nodata) pixels, or a share of them of at least "
+            f"min_valid_fraction={tiling.min_valid_fraction}."
+        )
+    for reader, st in zip(readers, stats):
+        empty = (np.flatnonzero(st.count == 0) + 1).tolist()
+        if empty:
+            raise ValueError(f"{reader.role} {reader.ds.name}: band(s) {empty} hold no finite, "
+                             "not-nodata value in any exported chip (all NaN, +-inf or nodata).")
+
+
+def _summary(out_folder: Path, metadata_format: str, tiling: _Tiling, parts: list[_Part],
+             written: list[_Written], *, with_labels: bool) -> ExportSummary:
+    def chips(part: _Part, done: _Written, sub: str) -> list[Path]:
+        return [out_folder / part.folder / sub / esri.chip_name(i, tiling.chip_ext)
+                for i in range(done.num_chips)]
+
+    first, done = parts[0], written[0]
+    summary = ExportSummary(out_folder=out_folder, metadata_format=metadata_format,
+                            num_chips=done.num_chips, chip_size=tiling.out_size,
+                            images=chips(first, done, esri.IMAGES), classes=done.classes,
+                            skipped=sum(w.skipped for w in written))
+    if len(parts) > 1:  # CycleGAN: domain B's own chips
+        summary.images2 = chips(parts[1], written[1], esri.IMAGES)
+        summary.num_chips_b = written[1].num_chips
+    elif len(first.readers) > 1:
+        summary.images2 = chips(first, done, esri.IMAGES2)
+    if with_labels:
+        summary.labels = chips(first, done, esri.LABELS)
     return summary
 
 
@@ -295,6 +381,9 @@ def _metadata_format(requested, additional_input_raster, in_class_data) -> str:
         return inferred
     if requested not in esri.METADATA_FORMATS:
         raise ValueError(f"metadata_format must be one of {esri.METADATA_FORMATS}, got {requested!r}.")
+    if requested == esri.CYCLEGAN and (additional_input_raster is None or in_class_data is not None):
+        raise ValueError("metadata_format='CycleGAN' writes two unpaired image domains: it needs "
+                         "additional_input_raster (domain B) and takes no in_class_data.")
     if requested == esri.CLASSIFIED_TILES and in_class_data is None:
         raise ValueError("metadata_format='Classified_Tiles' needs in_class_data (polygons or a class raster).")
     if requested == esri.EXPORT_TILES and in_class_data is not None:
@@ -303,10 +392,9 @@ def _metadata_format(requested, additional_input_raster, in_class_data) -> str:
     return requested
 
 
-def _write_chip(path: Path, data: np.ndarray, transform: Affine, crs, nodata, driver: str,
-                world_ext: str) -> None:
-    write_raster(path, data, transform=transform, crs=crs, nodata=nodata, driver=driver)
-    esri.write_world_file(esri.world_file_path(path, world_ext), transform)
+def _write_chip(path: Path, data: np.ndarray, transform: Affine, crs, nodata, tiling: _Tiling) -> None:
+    write_raster(path, data, transform=transform, crs=crs, nodata=nodata, driver=tiling.driver)
+    esri.write_world_file(esri.world_file_path(path, tiling.world_ext), transform)
 
 
 def _resize_image(data: np.ndarray, band_valid: np.ndarray, size: tuple[int, int],
@@ -529,7 +617,7 @@ def _write_metadata(folder: Path, *, metadata_format: str, map_rows, out_size, r
         "NumTiles": num_tiles,
         "OutputFeatures": False,
         "MetaDataMode": metadata_format,
-        # Cell size of the written chips (after resize_to); all rasters share the input's grid.
+        # Cell size of the written chips (after resize_to); the rasters of a folder share a grid.
         "MinCellSize": {"x": cell_size[0], "y": cell_size[1]},
         "MaxCellSize": {"x": cell_size[0], "y": cell_size[1]},
         "InputRastersProps": props,

@@ -49,10 +49,14 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
 
 def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                    padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
-                   overwrite: bool = False, progress: bool = True, tta: bool = False) -> Path:
-    """Run ``model`` (a :class:`toolkit.Pix2Pix`) over ``in_raster`` into ``out_raster``.
+                   overwrite: bool = False, progress: bool = True, tta: bool = False,
+                   convert_to: str | None = None) -> Path:
+    """Run ``model`` over ``in_raster`` into ``out_raster``.
 
     Args:
+        model: a :class:`toolkit.Pix2Pix` or :class:`toolkit.CycleGAN`, or one direction of a
+            model as a :class:`toolkit.models.Translation` (all that is used of it).
+        convert_to: CycleGAN: ``"b"`` (A -> B, the default) or ``"a"`` (B -> A).
         padding: overlap on each side of a window, in pixels; default a quarter of the chip.
         batch_size: windows per forward pass (on the GPU when the model is there).
         threshold: mask models only: write a uint8 class raster (class value where its score is
@@ -71,11 +75,16 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
         height; the target's band count, float32 in target units (nodata NaN), or the class
         raster (nodata 255, or 65535 when 255 is a class). Input nodata comes back as nodata.
     """
-    check_not_input(out_raster, [in_raster, *getattr(model, "source_files", [])], role="out_raster")
+    from toolkit.models.base import Translation
+
+    if not isinstance(model, Translation):
+        model = model.translation(**({"convert_to": convert_to} if convert_to is not None else {}))
+    elif convert_to is not None:
+        raise ValueError("convert_to picks a direction of a model; this is already one direction.")
+    check_not_input(out_raster, [in_raster, *model.source_files], role="out_raster")
     out_raster = check_output_file(out_raster, overwrite=overwrite, role="out_raster",
                                    owned=is_toolkit_raster, what="a prediction")
-    config = model.config
-    chip_w, chip_h = _chip(config["chip_size"])
+    chip_w, chip_h = model.chip_size
     pad = min(chip_w, chip_h) // 4 if padding is None else int(padding)
     if pad < 0 or 2 * pad >= min(chip_w, chip_h):
         raise ValueError(f"padding must lie in 0..{(min(chip_w, chip_h) - 1) // 2} for chips of "
@@ -86,14 +95,14 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
     stride_w, stride_h = chip_w - 2 * pad, chip_h - 2 * pad
 
     with streaming_env(), open_raster(in_raster, "in_raster") as src:
-        bands = _input_bands(src, config)
-        _check_resolution(src, config)
+        bands = _input_bands(src, model)
+        _check_resolution(src, model)
         width, height = src.width, src.height
         nx = max(1, math.ceil((width + 2 * pad - chip_w) / stride_w) + 1)
         ny = max(1, math.ceil((height + 2 * pad - chip_h) / stride_h) + 1)
         strip_w = (nx - 1) * stride_w + chip_w  # padded columns -pad .. strip_w - pad
         weights = hann_window(chip_h, chip_w)
-        n_out = config["n_bands_out"]
+        n_out = model.n_bands_out
         acc = np.zeros((n_out, chip_h, strip_w), np.float32)  # rows y_k .. y_k + chip_h
         wsum = np.zeros((chip_h, strip_w), np.float32)
         profile = _output_profile(src, model, n_out, threshold)
@@ -150,23 +159,19 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
     return out_raster
 
 
-def _chip(size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _input_bands(src, config: dict) -> list[int]:
+def _input_bands(src, model) -> list[int]:
     """1-based bands of ``src`` that the model takes."""
-    extract = config.get("extract_bands")
-    needed = (max(extract) + 1) if extract else config["n_bands_in"]
+    extract = model.extract_bands
+    needed = (max(extract) + 1) if extract else model.n_bands_in
     if (extract and src.count < needed) or (not extract and src.count != needed):
-        raise ValueError(f"in_raster {src.name}: has {src.count} band(s); the model was trained on "
-                         f"{config['n_bands_in']}" + (f" (bands {extract} of its input)" if extract else "")
+        raise ValueError(f"in_raster {src.name}: has {src.count} band(s); the {model.name} was trained on "
+                         f"{model.n_bands_in}" + (f" (bands {extract} of its input)" if extract else "")
                          + ".")
     return [b + 1 for b in extract] if extract else list(range(1, src.count + 1))
 
 
-def _check_resolution(src, config: dict) -> None:
-    trained = config.get("cell_size")
+def _check_resolution(src, model) -> None:
+    trained = model.cell_size
     if not trained or src.crs is None:
         return
     ratio = abs(src.transform.a) / trained[0]
@@ -229,7 +234,7 @@ def _describe(dst, model, threshold) -> None:
         classes = model.target_norm.classes
         names = ["class"] if threshold is not None else [str(c.get("Name", c["Value"])) for c in classes]
         tags |= footprint_tags(classes, class_raster=threshold is not None,
-                               settings=getattr(model, "footprint_settings", None))
+                               settings=model.footprint_settings)
     else:
         names = list(model.target_norm.band_names)
     for band, name in enumerate(names[:dst.count], start=1):

@@ -152,7 +152,7 @@ def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = No
 
 
 class ResultsViewer:
-    """An ipywidgets viewer that pages through samples: Input / Target / Prediction.
+    """An ipywidgets viewer that pages through samples: Input / Target / Prediction (``titles``).
 
     ``sample(i)`` returns ``(input, target_picture, prediction_picture)``: the input as
     ``(bands, h, w)`` and the two others ready to show (:func:`to_display`, :func:`mask_to_rgb`).
@@ -161,10 +161,12 @@ class ResultsViewer:
     """
 
     def __init__(self, sample, n_samples: int, band_names: Sequence[str],
-                 rgb_bands: Sequence[int] | None = None) -> None:
+                 rgb_bands: Sequence[int] | None = None,
+                 titles: Sequence[str] = ("Input", "Target", "Prediction")) -> None:
         import ipywidgets as widgets
 
         self.sample = sample
+        self.titles = list(titles)
         self.index = widgets.IntSlider(value=0, min=0, max=max(n_samples - 1, 0), description="Chip")
         self.band_pickers = []
         if len(band_names) >= 3:
@@ -187,8 +189,8 @@ class ResultsViewer:
         import io
 
         x, target, prediction = self.sample(self.index.value)
-        fig = show_grid({"Input": [to_display(x, self.rgb_bands)], "Target": [target],
-                         "Prediction": [prediction]})
+        first, second, third = self.titles
+        fig = show_grid({first: [to_display(x, self.rgb_bands)], second: [target], third: [prediction]})
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=72)
         plt.close(fig)

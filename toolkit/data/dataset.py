@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,16 +22,25 @@ with quiet_import():
 def read_pair(pair: ChipPair, *, extract_bands: Sequence[int] | None = None):
     """Raw band values of one pair: ``(x, x_valid, y, y_valid)``, ``(bands, h, w)`` arrays in
     the files' dtypes and boolean validity (nodata and NaN are not valid)."""
-    if pair.side_by_side:
-        data, nodata = read_chip(pair.input)
-        a, b = side_by_side_halves(data, pair.input)
-        (x, y), x_nodata, y_nodata = ((a, b) if pair.side_by_side == "AtoB" else (b, a)), nodata, nodata
-    else:
-        x, x_nodata = read_chip(pair.input)
-        y, y_nodata = read_chip(pair.target)
+    if not pair.side_by_side:
+        x, x_valid = read_image(pair.input, extract_bands=extract_bands)
+        y, y_valid = read_image(pair.target)
+        return x, x_valid, y, y_valid
+    data, nodata = read_chip(pair.input)
+    a, b = side_by_side_halves(data, pair.input)
+    x, y = (a, b) if pair.side_by_side == "AtoB" else (b, a)
     if extract_bands is not None:
         x = x[list(extract_bands)]
-    return x, band_validity(x, x_nodata), y, band_validity(y, y_nodata)
+    return x, band_validity(x, nodata), y, band_validity(y, nodata)
+
+
+def read_image(path: Path, *, extract_bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw band values of one chip, ``(bands, h, w)`` in the file's dtype, and their boolean
+    validity (nodata and NaN are not valid); ``extract_bands`` keeps those 0-based bands."""
+    data, nodata = read_chip(path)
+    if extract_bands is not None:
+        data = data[list(extract_bands)]
+    return data, band_validity(data, nodata)
 
 
 def resize_bands(data: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
@@ -88,35 +98,40 @@ class ChipPairDataset:
             x = resize_bands(x, self.resize_to)
             y = resize_bands(y, self.resize_to, nearest=self.is_mask)
         if self.chip_size is not None:
-            x, y = self._crop(x, y)
+            x, y = crop((x, y), self.chip_size, random=self.train)
         if self.train and self.augment:
-            x, y = self._dihedral(x, y)
+            x, y = dihedral(x, y)
         if self.is_mask:
             y = self.target_norm.encode(y[0])
         return (TensorImage(torch.from_numpy(np.ascontiguousarray(x))),
                 TensorImage(torch.from_numpy(np.ascontiguousarray(y))))
 
-    def _crop(self, x: np.ndarray, y: np.ndarray):
-        width, height = self.chip_size
-        h, w = x.shape[-2:]
-        if (w, h) == (width, height):
-            return x, y
-        if self.train:
-            top = int(torch.randint(0, h - height + 1, ()))
-            left = int(torch.randint(0, w - width + 1, ()))
-        else:
-            top, left = (h - height) // 2, (w - width) // 2
-        window = (..., slice(top, top + height), slice(left, left + width))
-        return x[window], y[window]
 
-    @staticmethod
-    def _dihedral(x: np.ndarray, y: np.ndarray):
-        # torch's generator, not numpy's: DataLoader workers get distinct torch seeds.
-        square = x.shape[-1] == x.shape[-2]
-        k = int(torch.randint(0, 4, ())) if square else 2 * int(torch.randint(0, 2, ()))
-        flip = bool(torch.randint(0, 2, ()))
-        out = []
-        for a in (x, y):
-            a = np.rot90(a, k, axes=(-2, -1))
-            out.append(a[..., ::-1] if flip else a)
-        return out
+def crop(arrays: Sequence[np.ndarray], size: tuple[int, int], *, random: bool) -> list[np.ndarray]:
+    """Crop ``(bands, h, w)`` arrays of one height and width to ``size`` (width, height): all with
+    the same window, drawn at random (training) or centred."""
+    width, height = size
+    h, w = arrays[0].shape[-2:]
+    if (w, h) == (width, height):
+        return list(arrays)
+    if random:
+        top = int(torch.randint(0, h - height + 1, ()))
+        left = int(torch.randint(0, w - width + 1, ()))
+    else:
+        top, left = (h - height) // 2, (w - width) // 2
+    window = (..., slice(top, top + height), slice(left, left + width))
+    return [a[window] for a in arrays]
+
+
+def dihedral(*arrays: np.ndarray) -> list[np.ndarray]:
+    """One random flip / 90-degree rotation (180 for non-square chips), the same for every
+    ``(bands, h, w)`` array given."""
+    # torch's generator, not numpy's: DataLoader workers get distinct torch seeds.
+    square = arrays[0].shape[-1] == arrays[0].shape[-2]
+    k = int(torch.randint(0, 4, ())) if square else 2 * int(torch.randint(0, 2, ()))
+    flip = bool(torch.randint(0, 2, ()))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(-2, -1))
+        out.append(a[..., ::-1] if flip else a)
+    return out

@@ -1,6 +1,6 @@
 """Chip folder layouts: find which one a folder holds and pair its chips by name.
 
-Four layouts are read:
+Four paired layouts are read:
 
 1. ``Export_Tiles``: ``images/`` + ``images2/`` (ArcGIS Pro export with an additional input raster;
    arcgis.learn's Pix2Pix data).
@@ -11,6 +11,14 @@ Four layouts are read:
 
 Chips are paired by name: through ``map.txt`` when present (its order means nothing), else by
 file name; never by sorted position.
+
+Unpaired (CycleGAN) folders hold two domains indexed one by one, each with its own chips, band
+count and statistics (:func:`index_unpaired`; the formats are described in
+:mod:`toolkit.data.unpaired`): ``A/`` + ``B/`` (arcgis.learn's CycleGAN data, what
+``export_training_data(metadata_format="CycleGAN")`` writes), ``trainA/`` + ``trainB/`` (the
+reference CycleGAN code; ``testA/`` + ``testB/`` of same-named chips are true pairs for scoring),
+``images/`` + ``images2/`` whose metadata says CycleGAN, and, when asked for,
+``Images/train_a`` + ``Images/train_b``.
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from toolkit.data.chips import CHIP_SUFFIXES, ChipHeader, is_chip, read_header
 
 PIX2PIX = "Pix2Pix"
 CLASSIFIED_TILES = "Classified_Tiles"
-DATASET_TYPES = (PIX2PIX, CLASSIFIED_TILES)
+CYCLEGAN = "CycleGAN"
+DATASET_TYPES = (PIX2PIX, CLASSIFIED_TILES)  # paired: one ChipFolder of (input, target) chips
+UNPAIRED_DATASET_TYPES = (CYCLEGAN,)  # two domains: an UnpairedFolder
 _ALIASES = {"Export_Tiles": PIX2PIX, "pix2pix": PIX2PIX, "Pix2Pix": PIX2PIX,
-            "Classified_Tiles": CLASSIFIED_TILES}
+            "Classified_Tiles": CLASSIFIED_TILES, "CycleGAN": CYCLEGAN, "cyclegan": CYCLEGAN}
 
 EXPECTED_TREES = """\
   Export_Tiles (pix2pix)        Classified_Tiles (masks)     hand-made pix2pix       side by side (A|B)
@@ -37,6 +47,14 @@ EXPECTED_TREES = """\
     images/000000000.tif          images/000000000.tif         Images/train_a/x.png    train/1.jpg
     images2/000000000.tif         labels/000000000.tif         Images/train_b/x.png    val/1.jpg (optional)
     map.txt, *.emd, *.json        map.txt, *.emd, *.json"""
+
+UNPAIRED_TREES = """\
+  CycleGAN export (unpaired)    CycleGAN reference layout
+  <folder>/                     <folder>/
+    A/images/000000000.tif        trainA/a.tif (or .png, .jpg)
+    A/map.txt, *.emd, *.json      trainB/b.tif (any count, own band count)
+    B/images/000000000.tif        testA/x.tif + testB/x.tif (optional true pairs)
+    B/map.txt, *.emd, *.json"""
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,42 @@ class ChipFolder:
         return sorted(folders) + [f for f in files if f.exists()]
 
 
+@dataclass
+class ChipDomain:
+    """One domain of an unpaired folder: its chips (sorted by name), alike in bands and size."""
+
+    name: str  # "A" or "B"
+    folder: Path
+    chips: list[Path]
+    header: ChipHeader
+    stats: list[dict] | None = None  # the .emd's AllTilesStats of this domain, when usable
+    stats_key: str = "AllTilesStats"  # which .emd key ``stats`` came from
+    emd: Path | None = None  # the .emd file that holds them
+    band_names: list[str] | None = None
+    cell_size: tuple[float, float] | None = None  # ground size of a pixel, when georeferenced
+
+
+@dataclass
+class UnpairedFolder:
+    """An unpaired (CycleGAN) folder, indexed: two domains and, when the folder has them, true
+    pairs for scoring (``testA/`` + ``testB/`` chips of the same names)."""
+
+    path: Path
+    layout: str
+    a: ChipDomain
+    b: ChipDomain
+    test_pairs: list[ChipPair] | None = None  # input: the A chip, target: its B namesake
+    metadata_files: list[Path] = field(default_factory=list)
+    dataset_type: str = CYCLEGAN
+
+    @property
+    def input_paths(self) -> list[Path]:
+        """The chip folders and metadata files read: never written into or over."""
+        folders = {self.a.folder, self.b.folder}
+        folders.update(p.parent for pair in self.test_pairs or [] for p in (pair.input, pair.target))
+        return sorted(folders) + [f for f in self.metadata_files if f.exists()]
+
+
 def _contour_keys(record: dict) -> dict:
     """The toolkit's mark of the footprint-outline class (``export_training_data(contour_width=)``)."""
     return {k: record[k] for k in ("Boundary", "ContourWidth") if k in record}
@@ -96,7 +150,8 @@ def dataset_type_name(name: str | None) -> str | None:
     if name is None:
         return None
     if name not in _ALIASES:
-        raise ValueError(f"dataset_type must be one of {DATASET_TYPES} (or 'Export_Tiles'), got {name!r}.")
+        raise ValueError(f"dataset_type must be one of {DATASET_TYPES + UNPAIRED_DATASET_TYPES} "
+                         f"(or 'Export_Tiles'), got {name!r}.")
     return _ALIASES[name]
 
 
@@ -108,10 +163,11 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
     message shows the expected trees), chips without their pair, unreadable chips, chips of
     another size or band count than the rest of their set.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such folder.")
+    path = _existing_folder(path)
     wanted = dataset_type_name(dataset_type)
+    if wanted in UNPAIRED_DATASET_TYPES:
+        raise ValueError(f"{path}: dataset_type={wanted!r} reads two unpaired domains; index the "
+                         "folder with index_unpaired() (prepare_data does).")
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}.")
 
@@ -134,7 +190,8 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
     elif _subdir(path, "train") and any(is_chip(p) for p in _subdir(path, "train").iterdir()):
         folder = _side_by_side_folder(path, direction, wanted)
     else:
-        raise ValueError(f"{path}: matches no chip folder layout. Expected one of:\n{EXPECTED_TREES}")
+        raise ValueError(f"{path}: matches no chip folder layout. Expected one of:\n{EXPECTED_TREES}\n"
+                         f"{UNPAIRED_TREES}")
 
     if folder.dataset_type == CLASSIFIED_TILES and folder.layout not in (esri.CLASSIFIED_TILES,):
         raise ValueError(f"{path}: the {folder.layout} layout holds image pairs, not class labels; "
@@ -142,6 +199,13 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
     _check_headers(folder)
     folder.cell_size = _cell_size(folder.pairs[0].input)
     return folder
+
+
+def _existing_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder.")
+    return path
 
 
 def _cell_size(chip: Path) -> tuple[float, float] | None:
@@ -274,18 +338,158 @@ def _check_headers(folder: ChipFolder) -> None:
             target = read_header(pair.target)
         if first_in is None:
             first_in, first_out, first_pair = header, target, pair
-            if (header.height, header.width) != (target.height, target.width):
-                raise ValueError(f"{pair.target}: {target.width}x{target.height} px, but its input "
-                                 f"chip {pair.input} is {header.width}x{header.height} px.")
+            _require_same_size(pair.target, target, pair.input, header, "its input chip")
             continue
-        for chip, got, expected, ref in ((pair.input, header, first_in, first_pair.input),
-                                         (pair.target, target, first_out, first_pair.target)):
-            if (got.bands, got.height, got.width) != (expected.bands, expected.height, expected.width):
-                raise ValueError(
-                    f"{chip}: {got.bands} band(s) of {got.width}x{got.height} px, but {ref} and the "
-                    f"chips before it have {expected.bands} band(s) of {expected.width}x"
-                    f"{expected.height} px; all chips of a set must match.")
+        _require_alike(pair.input, header, first_pair.input, first_in)
+        _require_alike(pair.target, target, first_pair.target, first_out)
     folder.input_header, folder.target_header = first_in, first_out
+
+
+def _alike_headers(chips: list[Path]) -> ChipHeader:
+    """The header every chip of ``chips`` shares (bands, size); ``ValueError`` naming the first
+    chip that differs."""
+    first = read_header(chips[0])
+    for chip in chips[1:]:
+        _require_alike(chip, read_header(chip), chips[0], first)
+    return first
+
+
+def _require_alike(chip: Path, got: ChipHeader, ref: Path, expected: ChipHeader) -> None:
+    if (got.bands, got.height, got.width) != (expected.bands, expected.height, expected.width):
+        raise ValueError(
+            f"{chip}: {got.bands} band(s) of {got.width}x{got.height} px, but {ref} and the "
+            f"chips before it have {expected.bands} band(s) of {expected.width}x"
+            f"{expected.height} px; all chips of a set must match.")
+
+
+def _require_same_size(chip: Path, got: ChipHeader, ref: Path, expected: ChipHeader, role: str) -> None:
+    if (got.height, got.width) != (expected.height, expected.width):
+        raise ValueError(f"{chip}: {got.width}x{got.height} px, but {role} {ref} is "
+                         f"{expected.width}x{expected.height} px.")
+
+
+# --- unpaired (CycleGAN) folders ---------------------------------------------------------------------
+
+
+def unpaired_layout(path: str | Path, dataset_type: str | None = None) -> str | None:
+    """Which unpaired layout ``path`` holds: ``"A+B"``, ``"trainA+trainB"``, ``"images+images2"``
+    or ``"Images/train_a+train_b"``; ``None`` when it is a paired folder (or none at all) and
+    ``dataset_type`` does not ask for CycleGAN.
+
+    Without ``dataset_type`` only unambiguous layouts count: ``trainA/`` + ``trainB/``,
+    ``A/images`` + ``B/images``, and ``images/`` + ``images2/`` whose metadata says
+    ``MetaDataMode: "CycleGAN"`` (otherwise that is a Pix2Pix export). ``ValueError`` for half an
+    unpaired layout (``trainA/`` without ``trainB/``...) or ``dataset_type="CycleGAN"`` on a
+    folder that holds no two image domains.
+    """
+    path = _existing_folder(path)
+    wanted = dataset_type_name(dataset_type)
+    if wanted not in (None, *UNPAIRED_DATASET_TYPES):
+        return None
+    for first, second, layout in (("trainA", "trainB", "trainA+trainB"), ("A/images", "B/images", "A+B")):
+        found = [_subdir(path, first), _subdir(path, second)]
+        if all(found):
+            return layout
+        if any(found):
+            have, missing = (first, second) if found[0] else (second, first)
+            raise ValueError(f"{path}: holds {have}/ but no {missing}/; an unpaired (CycleGAN) folder "
+                             f"holds both domains. Expected one of:\n{UNPAIRED_TREES}")
+    images, images2 = _subdir(path, esri.IMAGES), _subdir(path, esri.IMAGES2)
+    if images and images2 and (wanted is not None or _metadata_mode(path) == CYCLEGAN):
+        return "images+images2"
+    if wanted is None:
+        return None
+    if _subdir(path, "Images/train_a") and _subdir(path, "Images/train_b"):
+        return "Images/train_a+train_b"
+    if images and _subdir(path, esri.LABELS):
+        raise ValueError(f"{path}: holds images/ + labels/, a Classified_Tiles export (image -> class "
+                         "mask); dataset_type='CycleGAN' translates between two image domains. "
+                         f"Expected one of:\n{UNPAIRED_TREES}")
+    raise ValueError(f"{path}: dataset_type='CycleGAN' needs two image domains. Expected one "
+                     f"of:\n{UNPAIRED_TREES}")
+
+
+def _metadata_mode(path: Path) -> str | None:
+    """``MetaDataMode`` of an export's stats file (where ArcGIS writes it), else of its .emd."""
+    for name in (esri.STATS_FILE, esri.EMD_FILE):
+        mode = (_load_json(path / name) or {}).get("MetaDataMode")
+        if mode:
+            return str(mode)
+    return None
+
+
+def index_unpaired(path: str | Path, *, dataset_type: str | None = None) -> UnpairedFolder:
+    """Index an unpaired (CycleGAN) folder: each domain's chips (all alike in bands and size),
+    the statistics its metadata holds, and true test pairs when there are any; headers only.
+
+    ``ValueError`` naming the folder or chip when ``path`` holds no unpaired layout (the message
+    shows the expected trees), a domain holds no chips, or a chip differs from its domain's others.
+    """
+    path = _existing_folder(path)
+    layout = unpaired_layout(path, dataset_type or CYCLEGAN)
+    if layout == "A+B":
+        roots = [_subdir(path, name) for name in ("A", "B")]
+        a, b = (_esri_domain(name, _subdir(root, esri.IMAGES), root, "AllTilesStats")
+                for name, root in zip(("A", "B"), roots))
+        metadata = [root / name for root in roots for name in _METADATA_NAMES]
+        return UnpairedFolder(path, layout, a, b, metadata_files=metadata)
+    if layout == "images+images2":
+        a = _esri_domain("A", _subdir(path, esri.IMAGES), path, "AllTilesStats")
+        b = _esri_domain("B", _subdir(path, esri.IMAGES2), path, "AllTilesStats2")
+        b.band_names = None  # InputRastersProps names the input raster's bands only
+        return UnpairedFolder(path, layout, a, b, metadata_files=[path / n for n in _METADATA_NAMES])
+    first, second = ("trainA", "trainB") if layout == "trainA+trainB" else ("Images/train_a", "Images/train_b")
+    a, b = (_domain(name, _subdir(path, sub)) for name, sub in (("A", first), ("B", second)))
+    test_pairs = _test_pairs(path, a, b) if layout == "trainA+trainB" else None
+    return UnpairedFolder(path, layout, a, b, test_pairs=test_pairs)
+
+
+_METADATA_NAMES = (esri.EMD_FILE, esri.MAP_FILE, esri.STATS_FILE, esri.STATS_TEXT_FILE)
+
+
+def _domain(name: str, folder: Path) -> ChipDomain:
+    chips = list(_chips(folder).values())
+    if not chips:
+        raise ValueError(f"{folder}: domain {name} holds no chips ({', '.join(sorted(CHIP_SUFFIXES))} files).")
+    return ChipDomain(name, folder, chips, _alike_headers(chips), cell_size=_cell_size(chips[0]))
+
+
+def _esri_domain(name: str, folder: Path, metadata: Path, stats_key: str) -> ChipDomain:
+    """A domain of an Esri export: its chips, and the statistics and band names its metadata in
+    ``metadata`` (a folder) holds under ``stats_key``."""
+    domain = _domain(name, folder)
+    emd = _load_json(metadata / esri.EMD_FILE) or {}
+    stats = _load_json(metadata / esri.STATS_FILE) or {}
+    domain.stats, domain.stats_key = _stats_list(emd.get(stats_key)), stats_key
+    domain.emd = metadata / esri.EMD_FILE if emd else None
+    names = (stats.get("InputRastersProps") or {}).get("BandNames")
+    domain.band_names = names if isinstance(names, list) and len(names) == domain.header.bands else None
+    return domain
+
+
+def _test_pairs(path: Path, a: ChipDomain, b: ChipDomain) -> list[ChipPair] | None:
+    """True pairs of the reference layout: ``testA/`` and ``testB/`` chips of the same names, with
+    their domain's band counts. None (with a warning when some exist) if they do not all pair."""
+    test_a, test_b = _subdir(path, "testA"), _subdir(path, "testB")
+    chips_a = _chips(test_a) if test_a else {}
+    chips_b = _chips(test_b) if test_b else {}
+    if not chips_a and not chips_b:
+        return None
+    unpaired = sorted(chips_a.keys() ^ chips_b.keys())
+    if unpaired:
+        warnings.warn(f"{path}: {len(unpaired)} test chip(s) of testA/ and testB/ have no namesake in "
+                      f"the other folder ({_names(unpaired)}); true pairs need every chip paired by "
+                      "name, so the folder gives no test pairs.", stacklevel=3)
+        return None
+    pairs = [ChipPair(n, chips_a[n], chips_b[n]) for n in sorted(chips_a)]
+    for domain, chips in ((a, [p.input for p in pairs]), (b, [p.target for p in pairs])):
+        header = _alike_headers(chips)
+        if header.bands != domain.header.bands:
+            raise ValueError(f"{chips[0]}: {header.bands} band(s), but the training chips of domain "
+                             f"{domain.name} ({domain.chips[0]}) have {domain.header.bands}.")
+    _require_same_size(pairs[0].target, read_header(pairs[0].target), pairs[0].input,
+                       read_header(pairs[0].input), "its test pair")
+    return pairs
 
 
 def _names(names: list[str], limit: int = 10) -> str:

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from toolkit import viz
+from toolkit import esri, viz
 from toolkit._fastai import quiet_import
 from toolkit._args import size_pair
-from toolkit.data.dataset import ChipPairDataset, read_pair
-from toolkit.data.layouts import CLASSIFIED_TILES, ChipFolder, ChipPair, index_folder
-from toolkit.data.normalization import BandNorm, MaskEncoding
+from toolkit.data.dataset import ChipPairDataset, read_image, read_pair
+from toolkit.data.layouts import (CLASSIFIED_TILES, ChipFolder, ChipPair, index_folder, index_unpaired,
+                                  unpaired_layout)
+from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding
 from toolkit.stats import BandStatistics
 
 with quiet_import():
     from fastai.data.core import DataLoaders, TfmdDL
     from fastai.torch_core import default_device
 
-__all__ = ["ChipDataLoaders", "default_num_workers", "prepare_data"]
+if TYPE_CHECKING:
+    from toolkit.data.unpaired import UnpairedDataLoaders
+
+__all__ = ["ChipDataLoaders", "FolderDataLoaders", "default_num_workers", "prepare_data"]
+
+T = TypeVar("T")
 
 _KWARGS = {"direction", "rgb_bands", "extract_bands"}
 
@@ -34,7 +41,36 @@ def default_num_workers() -> int:
     return 0 if cpus <= 2 else min(8, cpus - 1)
 
 
-class ChipDataLoaders(DataLoaders):
+class FolderDataLoaders(DataLoaders):
+    """What the toolkit's DataLoaders share: the indexed ``folder`` they read (whose
+    ``input_paths`` are never written into), the chip size the model sees, figure bands."""
+
+    def __init__(self, train: TfmdDL, valid: TfmdDL, *, folder, chip_size: tuple[int, int],
+                 resized: tuple[int, int] | None, rgb_bands: Sequence[int] | None, device) -> None:
+        super().__init__(train, valid, path=folder.path, device=device)
+        self.folder = folder
+        self._chip_size = chip_size
+        self._resized = resized  # chip size after resize_to, before any crop
+        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
+
+    @property
+    def chip_size(self) -> int | tuple[int, int]:
+        """Size of the chips the model sees: ``n`` for square chips, else ``(width, height)``."""
+        w, h = self._chip_size
+        return w if w == h else (w, h)
+
+    def _training_samples(self, rows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The first ``rows`` samples of training batches, as the model sees them (augmented)."""
+        xs, ys = [], []
+        for x, y in self.train:
+            xs.extend(x.cpu().numpy())
+            ys.extend(y.cpu().numpy())
+            if len(xs) >= rows:
+                break
+        return xs[:rows], ys[:rows]
+
+
+class ChipDataLoaders(BandCounts, FolderDataLoaders):
     """fastai ``DataLoaders`` over a chip folder, with what the models and figures need to know.
 
     Batches are ``(input, target)``: float32 ``(batch, bands, h, w)`` in [-1, 1].
@@ -44,24 +80,16 @@ class ChipDataLoaders(DataLoaders):
                  target_norm: BandNorm | MaskEncoding, chip_size: tuple[int, int],
                  resized: tuple[int, int] | None = None, rgb_bands: Sequence[int] | None = None,
                  device=None) -> None:
-        super().__init__(train, valid, path=folder.path, device=device)
-        self._resized = resized or (folder.input_header.width, folder.input_header.height)
-        self.folder = folder
+        super().__init__(train, valid, folder=folder, chip_size=chip_size,
+                         resized=resized or (folder.input_header.width, folder.input_header.height),
+                         rgb_bands=rgb_bands, device=device)
         self.input_norm = input_norm
         self.target_norm = target_norm
-        self._chip_size = chip_size
-        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
 
     @property
     def dataset_type(self) -> str:
         """``"Pix2Pix"`` (image -> image) or ``"Classified_Tiles"`` (image -> class mask)."""
         return self.folder.dataset_type
-
-    @property
-    def chip_size(self) -> int | tuple[int, int]:
-        """Size of the chips the model sees: ``n`` for square chips, else ``(width, height)``."""
-        w, h = self._chip_size
-        return w if w == h else (w, h)
 
     @property
     def cell_size(self) -> tuple[float, float] | None:
@@ -72,14 +100,6 @@ class ChipDataLoaders(DataLoaders):
             return None
         header = self.folder.input_header
         return (native[0] * header.width / self._resized[0], native[1] * header.height / self._resized[1])
-
-    @property
-    def n_bands_in(self) -> int:
-        return self.input_norm.n_bands
-
-    @property
-    def n_bands_out(self) -> int:
-        return self.target_norm.n_bands
 
     @property
     def classes(self) -> list[dict]:
@@ -117,15 +137,10 @@ class ChipDataLoaders(DataLoaders):
     def show_batch(self, rows: int = 4, rgb_bands: Sequence[int] | None = None, **kwargs) -> Figure:
         """Input / Target columns for ``rows`` training samples, as the model sees them
         (augmented); returns the matplotlib figure."""
-        xs, ys = [], []
-        for x, y in self.train:
-            xs.extend(x.cpu().numpy())
-            ys.extend(y.cpu().numpy())
-            if len(xs) >= rows:
-                break
+        xs, ys = self._training_samples(rows)
         rgb = rgb_bands if rgb_bands is not None else self.rgb_bands
-        columns = {"Input": [viz.to_display(x, rgb) for x in xs[:rows]],
-                   "Target": [self.display_target(y) for y in ys[:rows]]}
+        columns = {"Input": [viz.to_display(x, rgb) for x in xs],
+                   "Target": [self.display_target(y) for y in ys]}
         return viz.show_grid(columns, **kwargs)
 
     def display_target(self, y: np.ndarray) -> np.ndarray:
@@ -148,18 +163,24 @@ def prepare_data(
     norm_pct: float = 1.0,
     num_workers: int | None = None,
     **kwargs,
-) -> ChipDataLoaders:
+) -> ChipDataLoaders | UnpairedDataLoaders:
     """Read a chip folder into fastai DataLoaders of ``(input, target)`` batches in [-1, 1].
+
+    An unpaired (CycleGAN) folder gives :class:`~toolkit.data.unpaired.UnpairedDataLoaders` of
+    ``(a, b)`` batches instead, one chip of each domain (see :mod:`toolkit.data.unpaired`).
 
     Args:
         path: a chip folder in any layout of :mod:`toolkit.data.layouts` (ArcGIS Export_Tiles or
-            Classified_Tiles, ``Images/train_a`` + ``train_b``, or side-by-side A|B images).
+            Classified_Tiles, ``Images/train_a`` + ``train_b``, or side-by-side A|B images), or
+            an unpaired one: ``A/`` + ``B/`` (CycleGAN export), ``trainA/`` + ``trainB/``.
         batch_size: chips per batch.
         val_split_pct: share of the chips held out for validation (side-by-side folders with a
             ``val/`` folder use it instead).
         seed: seed of the train/validation split and of the statistics sample; the same seed
             gives the same split.
-        dataset_type: ``"Pix2Pix"`` or ``"Classified_Tiles"``; detected from the folder by default.
+        dataset_type: ``"Pix2Pix"``, ``"Classified_Tiles"`` or ``"CycleGAN"``; detected from the
+            folder by default (``images/`` + ``images2/`` is Pix2Pix unless its metadata says
+            CycleGAN).
         chip_size: crop chips to this size (random crops when training, centred for validation).
         resize_to: resize chips to this size first (bilinear; nearest for labels).
         transforms: ``None``: random flips and 90-degree rotations, the same for input and target,
@@ -174,6 +195,42 @@ def prepare_data(
     Returns:
         :class:`ChipDataLoaders`, a fastai ``DataLoaders``. Nothing is written into ``path``.
     """
+    check_arguments(val_split_pct=val_split_pct, norm_pct=norm_pct, num_workers=num_workers, kwargs=kwargs)
+    if unpaired_layout(path, dataset_type) is not None:
+        from toolkit.data.unpaired import unpaired_loaders  # late: it builds on this module
+
+        for key in ("extract_bands", "direction"):
+            if kwargs.get(key) is not None:
+                raise ValueError(f"{key} applies to paired folders; {path} holds unpaired (CycleGAN) "
+                                 "domains, each read with all of its bands.")
+        return unpaired_loaders(index_unpaired(path, dataset_type=dataset_type), batch_size=batch_size,
+                                val_split_pct=val_split_pct, seed=seed, chip_size=chip_size,
+                                resize_to=resize_to, transforms=transforms, norm_pct=norm_pct,
+                                num_workers=num_workers, rgb_bands=kwargs.get("rgb_bands"))
+    folder = index_folder(path, dataset_type=dataset_type, direction=kwargs.get("direction", "AtoB"))
+    extract_bands = _extract_bands(kwargs.get("extract_bands"), folder.input_header.bands)
+    train_pairs, valid_pairs = split_pairs(folder, val_split_pct, seed)
+
+    input_norm, target_norm = _norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract_bands)
+    resize, size, crop = chip_sizes((folder.input_header.width, folder.input_header.height),
+                                    resize_to, chip_size, where=f"the chips of {folder.path}")
+    augment = transforms is None
+
+    def dataset(pairs: list[ChipPair], train: bool) -> ChipPairDataset:
+        return ChipPairDataset(pairs, input_norm=input_norm, target_norm=target_norm, train=train,
+                               augment=augment, resize_to=resize, chip_size=crop,
+                               extract_bands=extract_bands)
+
+    train_dl, valid_dl, device = loaders(dataset(train_pairs, True), dataset(valid_pairs, False),
+                                         batch_size=batch_size, num_workers=num_workers,
+                                         transforms=transforms)
+    return ChipDataLoaders(train_dl, valid_dl, folder=folder, input_norm=input_norm,
+                           target_norm=target_norm, chip_size=crop or size, resized=size,
+                           rgb_bands=kwargs.get("rgb_bands"), device=device)
+
+
+def check_arguments(*, val_split_pct: float, norm_pct: float, num_workers: int | None, kwargs: dict) -> None:
+    """Refuse what :func:`prepare_data` cannot take: unknown keywords, out-of-range shares."""
     unknown = set(kwargs) - _KWARGS
     if unknown:
         raise TypeError(f"prepare_data() got unexpected keyword argument(s) {sorted(unknown)}; "
@@ -184,54 +241,59 @@ def prepare_data(
         raise ValueError(f"norm_pct must lie in (0, 1], got {norm_pct}.")
     if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
-    folder = index_folder(path, dataset_type=dataset_type, direction=kwargs.get("direction", "AtoB"))
-    extract_bands = _extract_bands(kwargs.get("extract_bands"), folder.input_header.bands)
-    train_pairs, valid_pairs = split_pairs(folder, val_split_pct, seed)
 
-    input_norm, target_norm = _norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract_bands)
-    size = (folder.input_header.width, folder.input_header.height)
+
+def chip_sizes(native: tuple[int, int], resize_to, chip_size, *, where: str):
+    """``(resize, size, crop)`` as (width, height) pairs: the ``resize_to`` size (or None), the
+    size chips have after it, and the ``chip_size`` crop (or None); ``ValueError`` when the crop
+    is larger than the chips (``where`` names them)."""
     resize = size_pair(resize_to, "resize_to") if resize_to is not None else None
-    size = resize or size
+    size = resize or tuple(native)
     crop = size_pair(chip_size, "chip_size") if chip_size is not None else None
     if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
-        raise ValueError(f"chip_size {crop} is larger than the chips of {folder.path} ({size[0]}x{size[1]} px"
+        raise ValueError(f"chip_size {crop} is larger than {where} ({size[0]}x{size[1]} px"
                          f"{' after resize_to' if resize else ''}).")
+    return resize, size, crop
 
-    augment = transforms is None
+
+def loaders(train_ds, valid_ds, *, batch_size: int, num_workers: int | None, transforms):
+    """fastai ``TfmdDL`` s over a training and a validation dataset, and the device they load to.
+
+    A list of ``transforms`` becomes batch transforms (fastai skips them on validation)."""
     batch_tfms = list(transforms) if transforms not in (None, False) else []
-
-    def dataset(pairs: list[ChipPair], train: bool) -> ChipPairDataset:
-        return ChipPairDataset(pairs, input_norm=input_norm, target_norm=target_norm, train=train,
-                               augment=augment, resize_to=resize, chip_size=crop,
-                               extract_bands=extract_bands)
-
     workers = default_num_workers() if num_workers is None else num_workers
     device = default_device()
-    train_dl = TfmdDL(dataset(train_pairs, True), bs=batch_size, shuffle=True, num_workers=workers,
+    train_dl = TfmdDL(train_ds, bs=batch_size, shuffle=True, num_workers=workers,
                       after_batch=batch_tfms, device=device)
-    valid_dl = TfmdDL(dataset(valid_pairs, False), bs=batch_size, shuffle=False, num_workers=workers,
+    valid_dl = TfmdDL(valid_ds, bs=batch_size, shuffle=False, num_workers=workers,
                       after_batch=batch_tfms, device=device)
-    return ChipDataLoaders(train_dl, valid_dl, folder=folder, input_norm=input_norm,
-                           target_norm=target_norm, chip_size=crop or size, resized=size,
-                           rgb_bands=kwargs.get("rgb_bands"), device=device)
+    return train_dl, valid_dl, device
 
 
 def split_pairs(folder: ChipFolder, val_split_pct: float, seed: int) -> tuple[list[ChipPair], list[ChipPair]]:
     """The seeded train/validation split (pairs sorted by name first, so listing order does not
     matter). A folder with its own validation set (side by side ``val/``) keeps it."""
-    pairs = sorted(folder.pairs, key=lambda p: p.name)
     if folder.valid_pairs:
-        train, valid = pairs, sorted(folder.valid_pairs, key=lambda p: p.name)
-    else:
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        n_valid = int(round(len(pairs) * val_split_pct))
-        if val_split_pct > 0:
-            n_valid = max(n_valid, 1)
-        valid = [pairs[i] for i in sorted(order[:n_valid])]
-        train = [pairs[i] for i in sorted(order[n_valid:])]
+        by_name = lambda p: p.name  # noqa: E731
+        return sorted(folder.pairs, key=by_name), sorted(folder.valid_pairs, key=by_name)
+    return split_items(folder.pairs, val_split_pct, seed, key=lambda p: p.name, where=str(folder.path))
+
+
+def split_items(items: Sequence[T], val_split_pct: float, seed: int, *, key: Callable[[T], str],
+                where: str) -> tuple[list[T], list[T]]:
+    """Seeded train/validation split of chips or pairs, sorted by ``key`` first (so listing order
+    does not matter): ``val_split_pct`` of them (at least one when > 0) go to validation.
+    ``ValueError`` naming ``where`` when either set would be empty."""
+    items = sorted(items, key=key)
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_valid = int(round(len(items) * val_split_pct))
+    if val_split_pct > 0:
+        n_valid = max(n_valid, 1)
+    valid = [items[i] for i in sorted(order[:n_valid])]
+    train = [items[i] for i in sorted(order[n_valid:])]
     for name, subset in (("training", train), ("validation", valid)):
         if not subset:
-            raise ValueError(f"{folder.path}: the {name} set is empty after the split ({len(pairs)} "
+            raise ValueError(f"{where}: the {name} set is empty after the split ({len(items)} "
                              f"chips, val_split_pct={val_split_pct}); add chips or change val_split_pct.")
     return train, valid
 
@@ -240,30 +302,17 @@ def _norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], nor
            seed: int, extract_bands: list[int] | None):
     """Input statistics and the target's normalisation or class encoding."""
     is_mask = folder.dataset_type == CLASSIFIED_TILES
-    input_stats = folder.input_stats
-    if input_stats is not None and len(input_stats) != folder.input_header.bands:
-        warnings.warn(f"{folder.path}: the .emd AllTilesStats has {len(input_stats)} bands, the chips "
-                      f"{folder.input_header.bands}; computing statistics from the chips instead.")
-        input_stats = None
-    target_stats = folder.target_stats
-    if target_stats is not None and len(target_stats) != folder.target_header.bands:
-        target_stats = None
-    for key, stats in (("AllTilesStats", input_stats), ("AllTilesStats2", target_stats)):
-        if stats is not None and not _finite_stats(stats):
-            warnings.warn(f"{folder.path}: the .emd {key} holds missing or non-finite statistics "
-                          "(an export of a raster with NaN or infinite pixels); computing them from "
-                          "the chips' finite values instead.")
-            if key == "AllTilesStats":
-                input_stats = None
-            else:
-                target_stats = None
+    input_stats = usable_esri_stats(folder.input_stats, folder.input_header.bands, key="AllTilesStats",
+                                    where=folder.path)
+    target_stats = usable_esri_stats(folder.target_stats, folder.target_header.bands, key="AllTilesStats2",
+                                     where=folder.path, warn_mismatch=False)
 
     need_input, need_target = input_stats is None, (not is_mask and target_stats is None)
     computed = _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target)
     names = folder.band_names if folder.band_names and len(folder.band_names) == folder.input_header.bands else None
     if input_stats is not None:
         selected = [input_stats[b] for b in extract_bands] if extract_bands else input_stats
-        input_norm = BandNorm.from_esri(selected, source=f"AllTilesStats of {folder.path / 'esri_model_definition.emd'}")
+        input_norm = BandNorm.from_esri(selected, source=f"AllTilesStats of {folder.path / esri.EMD_FILE}")
     else:
         if names and extract_bands:
             names = [names[b] for b in extract_bands]
@@ -272,8 +321,28 @@ def _norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], nor
         classes = folder.classes or _classes_from_labels(train + valid)
         return input_norm, MaskEncoding(classes)
     if target_stats is not None:
-        return input_norm, BandNorm.from_esri(target_stats, source=f"AllTilesStats2 of {folder.path / 'esri_model_definition.emd'}")
+        return input_norm, BandNorm.from_esri(target_stats, source=f"AllTilesStats2 of {folder.path / esri.EMD_FILE}")
     return input_norm, BandNorm.from_statistics(computed["target"], computed["source"])
+
+
+def usable_esri_stats(stats: list[dict] | None, n_bands: int, *, key: str, where,
+                      warn_mismatch: bool = True) -> list[dict] | None:
+    """An .emd statistics list (``key``: ``AllTilesStats``...) if it can normalise chips of
+    ``n_bands`` bands: one finite entry per band. Else None, with a warning naming ``where``,
+    so the statistics are computed from the chips instead."""
+    if stats is None:
+        return None
+    if len(stats) != n_bands:
+        if warn_mismatch:
+            warnings.warn(f"{where}: the .emd {key} has {len(stats)} bands, the chips {n_bands}; "
+                          "computing statistics from the chips instead.")
+        return None
+    if not _finite_stats(stats):
+        warnings.warn(f"{where}: the .emd {key} holds missing or non-finite statistics "
+                      "(an export of a raster with NaN or infinite pixels); computing them from "
+                      "the chips' finite values instead.")
+        return None
+    return stats
 
 
 def _finite_stats(stats) -> bool:
@@ -284,11 +353,32 @@ def _finite_stats(stats) -> bool:
         return False
 
 
+def statistics_sample(n: int, norm_pct: float, seed: int) -> list[int]:
+    """Indices of the seeded sample of ``n`` training chips that statistics come from."""
+    size = max(1, int(round(n * norm_pct)))
+    return sorted(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _sample_source(n_sample: int, n: int, where) -> str:
+    return f"{n_sample} of the {n} training chips of {where}"
+
+
+def chip_statistics(chips: Sequence[Path], n_bands: int, *, norm_pct: float, seed: int, where,
+                    extract_bands: Sequence[int] | None = None) -> tuple[BandStatistics, str]:
+    """Per-band statistics of the valid pixels of a seeded sample (``norm_pct``) of ``chips``
+    (one domain's training chips), and a note of where they come from (``where`` names the set)."""
+    sample = statistics_sample(len(chips), norm_pct, seed)
+    stats = BandStatistics(len(extract_bands) if extract_bands else n_bands)
+    for i in sample:
+        stats.update(*read_image(chips[i], extract_bands=extract_bands))
+    return stats, _sample_source(len(sample), len(chips), where)
+
+
 def _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target) -> dict:
+    """Input and target statistics of the training pairs, read once per pair."""
     if not (need_input or need_target):
         return {}
-    n = max(1, int(round(len(train) * norm_pct)))
-    sample = sorted(np.random.default_rng(seed).choice(len(train), size=n, replace=False))
+    sample = statistics_sample(len(train), norm_pct, seed)
     bands_in = len(extract_bands) if extract_bands else folder.input_header.bands
     stats_in, stats_out = BandStatistics(bands_in), BandStatistics(folder.target_header.bands)
     for i in sample:
@@ -298,7 +388,7 @@ def _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, n
         if need_target:
             stats_out.update(y, y_valid)
     return {"input": stats_in, "target": stats_out,
-            "source": f"{n} of the {len(train)} training chips of {folder.path}"}
+            "source": _sample_source(len(sample), len(train), folder.path)}
 
 
 def _classes_from_labels(pairs: list[ChipPair]) -> list[dict]:

@@ -22,6 +22,19 @@ from toolkit.stats import BandStatistics
 NORM_SIGMA = 3.0
 
 
+class BandCounts:
+    """``n_bands_in`` / ``n_bands_out`` of anything that holds an ``input_norm`` and a
+    ``target_norm`` (the DataLoaders, a model's :class:`toolkit.models.Translation`)."""
+
+    @property
+    def n_bands_in(self) -> int:
+        return self.input_norm.n_bands
+
+    @property
+    def n_bands_out(self) -> int:
+        return self.target_norm.n_bands
+
+
 @dataclass
 class BandNorm:
     """Per-band statistics and the linear map of band values to [-1, 1]."""

@@ -3,8 +3,9 @@
 Two checks, both raising ``ValueError`` that names the file:
 
 * :func:`validate_emd`: the ``.emd`` against the keys the toolkit writes and reads back
-  (``Pix2Pix._emd``, the config of ``Pix2Pix.__init__``, ``BandNorm.to_dict`` /
-  ``MaskEncoding.to_dict``). Errors give the key path and what was expected::
+  (``TranslationModel._emd``, the model class's ``config_rules`` for its ``Toolkit.config``,
+  ``BandNorm.to_dict`` / ``MaskEncoding.to_dict``). The class is the one registered for the
+  ``.emd``'s ``ModelType`` (:func:`toolkit.models.base.register`). Errors give the key path and what was expected::
 
       model.emd: Toolkit.config.ngf is '8' (a string); expected an integer >= 1.
 
@@ -24,10 +25,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, UNetGenerator,
-                                     backbone_generator)
-
-__all__ = ["build_networks", "check_state_fits", "check_weights_fit", "validate_emd"]
+__all__ = ["Rule", "check_state_fits", "check_weights_fit", "common_config_rules", "fail", "integer",
+           "number", "validate_emd"]
 
 MAX_DEPTH = 8  # unet_depth never chooses more; deeper nests only risk recursion limits
 
@@ -43,13 +42,13 @@ class Rule(NamedTuple):
     required: bool = True
 
 
-def _integer(v, low=None, high=None) -> bool:
+def integer(v, low=None, high=None) -> bool:
     # bool is an int in Python, but `"ngf": true` is a mistake, not 1
     return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low) and \
         (high is None or v <= high)
 
 
-def _number(v, finite=True, low=None) -> bool:
+def number(v, finite=True, low=None) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and \
         (not finite or math.isfinite(v)) and (low is None or v >= low)
 
@@ -60,58 +59,56 @@ def _list_of(test, length=None, min_length=0) -> Callable[[Any], bool]:
 
 
 _str = lambda v: isinstance(v, str)  # noqa: E731
-_positive_int = Rule("an integer >= 1", lambda v: _integer(v, 1))
-_numbers = Rule("a list of finite numbers", _list_of(_number))
+_positive_int = Rule("an integer >= 1", lambda v: integer(v, 1))
+_numbers = Rule("a list of finite numbers", _list_of(number))
 
-CONFIG = {
-    "n_bands_in": _positive_int,
-    "n_bands_out": _positive_int,
-    "chip_size": Rule("an integer >= 1 or a list of two",
-                      lambda v: _integer(v, 1) or _list_of(lambda x: _integer(x, 1), length=2)(v)),
-    "dataset_type": Rule("'Pix2Pix' or 'Classified_Tiles'", lambda v: v in ("Pix2Pix", "Classified_Tiles")),
-    "backbone": Rule(f"null or one of {list(SUPPORTED_BACKBONES)}", lambda v: v is None or v in SUPPORTED_BACKBONES),
-    "depth": Rule(f"null (with a backbone) or an integer from 2 to {MAX_DEPTH}",
-                  lambda v: v is None or _integer(v, 2, MAX_DEPTH)),
-    "ngf": _positive_int,
-    "ndf": _positive_int,
-    "norm": Rule("'batch' or 'instance'", lambda v: v in ("batch", "instance")),
-    "lambda_l1": Rule("a number >= 0", lambda v: _number(v, low=0)),
-    "gan_weight": Rule("a number >= 0", lambda v: _number(v, low=0)),
-    "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
-    "extract_bands": Rule("null or a list of band indices (integers >= 0)",
-                          lambda v: v is None or _list_of(lambda x: _integer(x, 0))(v), required=False),
-    "cell_size": Rule("null or a list of two numbers > 0",  # inference divides by it
-                      lambda v: v is None or _list_of(lambda x: _number(x) and x > 0, length=2)(v),
-                      required=False),
-}
+
+
+def common_config_rules(dataset_types: tuple[str, ...]) -> dict[str, Rule]:
+    """The ``Toolkit.config`` keys every translation model writes; a model class adds its own
+    (``config_rules``)."""
+    return {
+        "n_bands_in": _positive_int,
+        "n_bands_out": _positive_int,
+        "chip_size": Rule("an integer >= 1 or a list of two",
+                          lambda v: integer(v, 1) or _list_of(lambda x: integer(x, 1), length=2)(v)),
+        "dataset_type": Rule(" or ".join(repr(t) for t in dataset_types), lambda v: v in dataset_types),
+        "ngf": _positive_int,
+        "ndf": _positive_int,
+        "extract_bands": Rule("null or a list of band indices (integers >= 0)",
+                              lambda v: v is None or _list_of(lambda x: integer(x, 0))(v), required=False),
+        "cell_size": Rule("null or a list of two numbers > 0",  # inference divides by it
+                          lambda v: v is None or _list_of(lambda x: number(x) and x > 0, length=2)(v),
+                          required=False),
+    }
+
+
 BANDS = {  # BandNorm.to_dict; low/high are derived again on reading
     "kind": Rule("'bands'", lambda v: v == "bands"),
     "band_names": Rule("a list of strings", _list_of(_str)),
     "min": _numbers, "max": _numbers, "mean": _numbers, "std": _numbers,
     "source": Rule("a string", _str),
 }
-CLASS = {"Value": Rule("an integer", _integer), "Name": Rule("a string", _str, required=False)}
+CLASS = {"Value": Rule("an integer", integer), "Name": Rule("a string", _str, required=False)}
 CLASSES = {  # MaskEncoding.to_dict
     "kind": Rule("'classes'", lambda v: v == "classes"),
     "classes": Rule("a list of at least one class object", _list_of(lambda c: isinstance(c, dict), min_length=1)),
 }
-RECORD = {"epoch": Rule("an integer >= 0", lambda v: _integer(v, 0))}  # one History record
-TOOLKIT = {
+RECORD = {"epoch": Rule("an integer >= 0", lambda v: integer(v, 0))}  # one History record
+TOOLKIT = {  # "config" is checked against the model class's config_rules
     "version": Rule("a string", _str, required=False),
-    "config": CONFIG,
     "input_norm": BANDS,
     "target_norm": Rule("an object with kind 'bands' or 'classes'",
                         lambda v: isinstance(v, dict) and v.get("kind") in ("bands", "classes")),
     "history": Rule("a list of objects", _list_of(lambda r: isinstance(r, dict)), required=False),
     "footprint_settings": Rule("null or an object of numbers (threshold, boundary_threshold, min_area)",
-                               lambda v: v is None or (isinstance(v, dict) and all(_number(x) for x in v.values())),
+                               lambda v: v is None or (isinstance(v, dict) and all(number(x) for x in v.values())),
                                required=False),
     "metrics": Rule("an object of numbers",
-                    lambda v: isinstance(v, dict) and all(_number(x, finite=False) for x in v.values()),
+                    lambda v: isinstance(v, dict) and all(number(x, finite=False) for x in v.values()),
                     required=False),
 }
 EMD = {
-    "ModelType": Rule("'Pix2Pix' (a Pix2Pix model saved by this toolkit)", lambda v: v == "Pix2Pix"),
     "ModelFile": Rule("a file name", _str, required=False),
     "Toolkit": TOOLKIT,
 }
@@ -124,7 +121,7 @@ def _show(value) -> str:
     return f"{text[:60]}... ({kind})" if len(text) > 60 else f"{text} ({kind})"
 
 
-def _fail(source, path: str, expected: str, value=None, missing=False):
+def fail(source, path: str, expected: str, value=None, missing=False):
     found = "is missing" if missing else f"is {_show(value)}"
     raise ValueError(f"{source}: {path} {found}; expected {expected}.")
 
@@ -132,28 +129,44 @@ def _fail(source, path: str, expected: str, value=None, missing=False):
 def _check(obj, spec: dict, path: str, source) -> None:
     """Check the object ``obj`` at key path ``path`` against ``spec``: key -> Rule or nested spec."""
     if not isinstance(obj, dict):
-        _fail(source, path or "the .emd", "an object" if path else "a JSON object", obj)
+        fail(source, path or "the .emd", "an object" if path else "a JSON object", obj)
     for key, rule in spec.items():
         where = f"{path}.{key}" if path else key
         if isinstance(rule, dict):  # a nested object, always required
             if key not in obj:
-                _fail(source, where, "an object", missing=True)
+                fail(source, where, "an object", missing=True)
             _check(obj[key], rule, where, source)
         elif key not in obj:
             if rule.required:
-                _fail(source, where, rule.expected, missing=True)
+                fail(source, where, rule.expected, missing=True)
         elif not rule.ok(obj[key]):
-            _fail(source, where, rule.expected, obj[key])
+            fail(source, where, rule.expected, obj[key])
 
 
 def validate_emd(emd, source) -> None:
     """Raise ``ValueError`` naming ``source`` and the key path unless ``emd`` (the parsed JSON) is
-    a Pix2Pix ``.emd`` whose toolkit keys the loader can use; return nothing otherwise."""
+    an ``.emd`` of a model the toolkit knows (its ``ModelType``) whose toolkit keys the loader
+    can use; return nothing otherwise."""
+    from toolkit.models.base import MODEL_TYPES, model_class
+
+    if not isinstance(emd, dict):
+        fail(source, "the .emd", "a JSON object", emd)
+    known = " or ".join(repr(t) for t in MODEL_TYPES) or "a registered model type"
+    model_type = emd.get("ModelType")
+    try:
+        cls = model_class(model_type) if isinstance(model_type, str) else None
+    except KeyError:
+        cls = None
+    if cls is None:
+        fail(source, "ModelType", f"{known} (a model saved by this toolkit)", model_type,
+             missing="ModelType" not in emd)
     _check(emd, EMD, "", source)
     toolkit = emd["Toolkit"]
+    if "config" not in toolkit:
+        fail(source, "Toolkit.config", "an object", missing=True)
+    _check(toolkit["config"], cls.config_rules, "Toolkit.config", source)
     config, target = toolkit["config"], toolkit["target_norm"]
-    if config["backbone"] is None and config["depth"] is None:
-        _fail(source, "Toolkit.config.depth", f"an integer from 2 to {MAX_DEPTH} (no backbone)", None)
+    cls.validate_config(config, source)
     _check(target, BANDS if target["kind"] == "bands" else CLASSES, "Toolkit.target_norm", source)
     for i, c in enumerate(target.get("classes", [])):
         _check(c, CLASS, f"Toolkit.target_norm.classes[{i}]", source)
@@ -179,40 +192,24 @@ def validate_emd(emd, source) -> None:
 # --- the weights against the config ------------------------------------------------------------
 
 
-def _size_tuple(size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def build_networks(config: dict, *, backbone_weights=None) -> tuple[nn.Module, nn.Module]:
-    """``(generator, discriminator)`` as ``config`` (a validated ``Toolkit.config``) describes
-    them, on torch's current default device, without the paper's weight init.
-
-    Inside ``with torch.device("meta"):`` they hold shapes only: nothing is allocated, however
-    large the config says they are. Must build what ``Pix2Pix._setup`` builds.
-    """
-    n_in, n_out = config["n_bands_in"], config["n_bands_out"]
-    if config["backbone"]:
-        generator = backbone_generator(config["backbone"], n_in, n_out, _size_tuple(config["chip_size"]),
-                                       weights=backbone_weights)
-    else:
-        generator = UNetGenerator(n_in, n_out, depth=config["depth"], ngf=config["ngf"], norm=config["norm"])
-    discriminator = PatchDiscriminator(n_in + n_out, ndf=config["ndf"], norm=config["norm"])
-    return generator, discriminator
-
-
-def check_state_fits(networks: dict[str, nn.Module], state, source, network: str) -> None:
+def check_state_fits(networks: dict[str, nn.Module], state, source, network: str, *,
+                     required: tuple[str, ...] = ("generator",)) -> None:
     """Raise ``ValueError`` naming ``source`` and the first tensor of ``state`` (a weights dict:
     ``{"generator": state_dict, "discriminator": state_dict, ...}``) that is missing, extra or
     of another shape than in ``networks`` (name -> module, e.g. built on the meta device).
 
-    ``"generator"`` must be in ``state``; the other networks are checked where present, as
-    ``Pix2Pix._load_weights`` loads them. ``network`` describes the networks for the message.
+    The ``required`` networks (the generators) must be in ``state``; the others are checked
+    where present, as ``TranslationModel._load_weights`` loads them. ``network`` describes the
+    networks for the message.
     """
     def fail(detail: str):
         raise ValueError(f"{source}: the weights do not fit {network}: {detail}.")
 
-    if not isinstance(state, dict) or "generator" not in state:
-        fail("they hold no generator weights")
+    if not isinstance(state, dict):
+        fail("they are not a dict of state dicts")
+    for name in required:
+        if name not in state:
+            fail(f"they hold no {name} weights")
     for name, net in networks.items():
         if name not in state:
             continue
@@ -233,13 +230,15 @@ def check_state_fits(networks: dict[str, nn.Module], state, source, network: str
                  + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
-def check_weights_fit(config: dict, weights, source) -> None:
+def check_weights_fit(config: dict, weights, source, model_type: str = "Pix2Pix") -> None:
     """Raise ``ValueError`` naming ``source`` unless ``weights`` fit the networks of ``config``
-    (a validated ``Toolkit.config``), tensor by tensor; the networks are built on the meta
-    device, so this costs no memory and runs before anything real is built."""
+    (a validated ``Toolkit.config`` of a ``model_type`` model), tensor by tensor; the networks
+    are built on the meta device, so this costs no memory and runs before anything real is built."""
+    from toolkit.models.base import model_class
+
+    cls = model_class(model_type)
     with torch.device("meta"):
-        generator, discriminator = build_networks(config)
-    net = f"{config['backbone']} U-Net" if config["backbone"] else \
-        f"U-Net depth {config['depth']}, ngf {config['ngf']}"
-    check_state_fits({"generator": generator, "discriminator": discriminator}, weights, source,
-                     f"the networks of the .emd's config ({net}, PatchGAN ndf {config['ndf']})")
+        networks = cls.build_networks(config)
+    check_state_fits(networks, weights, source,
+                     f"the networks of the .emd's config ({cls.describe_networks(config)})",
+                     required=cls.required_networks)

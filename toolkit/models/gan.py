@@ -26,7 +26,7 @@ with quiet_import():
     from fastai.callback.core import Callback
     from fastai.learner import ValueMetric
 
-__all__ = ["GANTrainer", "History", "Pix2PixLoss", "balanced_l1", "loss_metrics"]
+__all__ = ["DiscriminatorStep", "GANTrainer", "History", "Pix2PixLoss", "balanced_l1", "loss_metrics"]
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -34,38 +34,40 @@ def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-class GANTrainer(Callback):
-    """Owns the discriminator and its optimizer; runs the D step before each G step.
+class DiscriminatorStep(Callback):
+    """The mechanics every GAN of the toolkit shares, for a Learner whose model is the
+    generator(s): the discriminator(s) and their own optimizer, which follows the generator's
+    scheduled learning rate (one-cycle or linear decay shape both), a ``GradScaler`` of their own
+    under fp16, ``requires_grad`` toggled so the discriminators learn only in their step, and the
+    training epoch's mean of each named loss (``epoch_losses``, one host sync per epoch).
 
-    ``gan_weight=0`` turns it into a plain L1 U-Net (no D step). D follows G's learning rate
-    (so one-cycle or linear decay shape both), with Adam betas (0.5, 0.999). Runs after fastai's
-    ``MixedPrecision`` (order 10), inside its autocast; with fp16 it scales D's loss with its own
-    ``GradScaler``.
+    Subclasses give ``loss_names`` and run their D step with :meth:`d_update`. Runs after
+    fastai's ``MixedPrecision`` (order 10).
     """
 
     order = 20
+    loss_names: tuple[str, ...] = ()
 
-    def __init__(self, discriminator: nn.Module, *, lambda_l1: float = 100.0, gan_weight: float = 1.0,
-                 betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False) -> None:
-        self.discriminator = discriminator.requires_grad_(False)  # trainable only in the D step
-        self.lambda_l1 = lambda_l1
-        self.gan_weight = gan_weight
-        self.l1 = balanced_l1 if class_balance else F.l1_loss
-        self.d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=betas)
+    def __init__(self, discriminators: nn.Module | list[nn.Module], *, lr: float = 2e-4,
+                 betas: tuple[float, float] = (0.5, 0.999)) -> None:
+        nets = list(discriminators) if isinstance(discriminators, (list, tuple)) else [discriminators]
+        self.discriminators = [d.requires_grad_(False) for d in nets]  # trainable only in the D step
+        # one Adam over every discriminator, as the reference implementations do
+        self.d_opt = torch.optim.Adam([p for d in nets for p in d.parameters()], lr=lr, betas=betas)
         self.d_scaler: torch.amp.GradScaler | None = None
-        self.l1_only = False  # lr_find and the plain-L1 baseline
+        self.l1_only = False  # lr_find and plain-L1 baselines: the reconstruction terms alone
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
-        self.epoch_losses: dict[str, float] = {"gen_loss": float("nan"), "l1_loss": float("nan"),
-                                               "d_loss": float("nan")}
+        self.epoch_losses: dict[str, float] = {k: float("nan") for k in self.loss_names}
 
     @property
     def adversarial(self) -> bool:
-        return self.gan_weight > 0 and not self.l1_only and not hasattr(self.learn, "lr_finder")
+        return not self.l1_only and not hasattr(self.learn, "lr_finder")
 
     def before_fit(self) -> None:
         device = next(self.learn.model.parameters()).device
-        self.discriminator.to(device)
+        for d in self.discriminators:
+            d.to(device)
         for state in self.d_opt.state.values():  # a restored optimizer state follows D's device
             for k, v in state.items():
                 if torch.is_tensor(v):
@@ -75,30 +77,85 @@ class GANTrainer(Callback):
                          else None)
 
     def before_train(self) -> None:
-        self.discriminator.train()
+        for d in self.discriminators:
+            d.train()
         self._sums, self._count = {}, 0
 
     def before_validate(self) -> None:
-        self.discriminator.eval()
+        for d in self.discriminators:
+            d.eval()
+
+    def d_update(self, loss_fn) -> torch.Tensor:
+        """One optimizer step of the discriminators on ``loss_fn()`` (computed with their
+        gradients on, at the generator's current learning rate); returns the loss."""
+        for group in self.d_opt.param_groups:
+            group["lr"] = self.learn.opt.hypers[-1]["lr"]
+        for d in self.discriminators:
+            d.requires_grad_(True)
+        try:
+            self.d_opt.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            if self.d_scaler is not None:
+                self.d_scaler.scale(loss).backward()
+                self.d_scaler.step(self.d_opt)
+                self.d_scaler.update()
+            else:
+                loss.backward()
+                self.d_opt.step()
+        finally:
+            for d in self.discriminators:
+                d.requires_grad_(False)  # frozen for the G step that follows
+        return loss
+
+    def after_batch(self) -> None:
+        if self.training:
+            self._count += 1
+
+    def after_train(self) -> None:
+        n = max(self._count, 1)
+        self.epoch_losses = {k: (self._sums[k].item() / n if k in self._sums else float("nan"))
+                             for k in self.loss_names}
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        self._sums[name] = self._sums[name] + value if name in self._sums else value
+
+    # what a checkpoint keeps besides the optimizer (CycleGAN's image pools)
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+class GANTrainer(DiscriminatorStep):
+    """Pix2pix's D step: owns the conditional discriminator; runs its step before each G step.
+
+    ``gan_weight=0`` turns it into a plain L1 U-Net (no D step). With fp16 it scales D's loss
+    with its own ``GradScaler``.
+    """
+
+    loss_names = ("gen_loss", "l1_loss", "d_loss")
+
+    def __init__(self, discriminator: nn.Module, *, lambda_l1: float = 100.0, gan_weight: float = 1.0,
+                 betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False) -> None:
+        super().__init__(discriminator, betas=betas)
+        self.discriminator = discriminator
+        self.lambda_l1 = lambda_l1
+        self.gan_weight = gan_weight
+        self.l1 = balanced_l1 if class_balance else F.l1_loss
+
+    @property
+    def adversarial(self) -> bool:
+        return self.gan_weight > 0 and super().adversarial
 
     def after_pred(self) -> None:
         if not self.training or not self.adversarial:
             return
         a, b, fake = self.xb[0], self.yb[0], self.pred.detach()
-        for group in self.d_opt.param_groups:  # D follows G's scheduled learning rate
-            group["lr"] = self.learn.opt.hypers[-1]["lr"]
         d = self.discriminator
-        d.requires_grad_(True)
-        self.d_opt.zero_grad(set_to_none=True)
-        d_loss = 0.5 * (_bce(d(torch.cat([a, b], 1)), True) + _bce(d(torch.cat([a, fake], 1)), False))
-        if self.d_scaler is not None:
-            self.d_scaler.scale(d_loss).backward()
-            self.d_scaler.step(self.d_opt)
-            self.d_scaler.update()
-        else:
-            d_loss.backward()
-            self.d_opt.step()
-        d.requires_grad_(False)  # frozen for the G step that follows
+        d_loss = self.d_update(lambda: 0.5 * (_bce(d(torch.cat([a, b], 1)), True)
+                                              + _bce(d(torch.cat([a, fake], 1)), False)))
         self._add("d_loss", d_loss)
 
     def g_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -111,20 +168,6 @@ class GANTrainer(Callback):
         gan = _bce(self.discriminator(torch.cat([self.xb[0], pred], 1)), True)
         self._add("gen_loss", gan)
         return self.gan_weight * gan + self.lambda_l1 * l1
-
-    def after_batch(self) -> None:
-        if self.training:
-            self._count += 1
-
-    def after_train(self) -> None:
-        # One host sync per epoch, not per batch.
-        n = max(self._count, 1)
-        self.epoch_losses = {k: (self._sums[k].item() / n if k in self._sums else float("nan"))
-                             for k in ("gen_loss", "l1_loss", "d_loss")}
-
-    def _add(self, name: str, value: torch.Tensor) -> None:
-        value = value.detach().float()
-        self._sums[name] = self._sums[name] + value if name in self._sums else value
 
 
 def balanced_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -145,18 +188,19 @@ def balanced_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class Pix2PixLoss:
-    """The Learner's loss function: the G loss of :class:`GANTrainer` in training, L1 in validation."""
+    """The Learner's loss function: the G loss of the trainer (``trainer.g_loss``): in training
+    the full generator loss, in validation the reconstruction error (``valid_loss``)."""
 
-    def __init__(self, trainer: GANTrainer) -> None:
+    def __init__(self, trainer) -> None:
         self.trainer = trainer
 
     def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.trainer.g_loss(pred, target)
 
 
-def loss_metrics(trainer: GANTrainer) -> list[ValueMetric]:
-    """fastai metrics that report the training epoch's mean GAN, L1 and D losses."""
-    return [ValueMetric(lambda k=k: trainer.epoch_losses[k], k) for k in ("gen_loss", "l1_loss", "d_loss")]
+def loss_metrics(trainer: DiscriminatorStep) -> list[ValueMetric]:
+    """fastai metrics that report the training epoch's mean of each of ``trainer.loss_names``."""
+    return [ValueMetric(lambda k=k: trainer.epoch_losses[k], k) for k in trainer.loss_names]
 
 
 class History(Callback):

@@ -2,7 +2,7 @@
 
     <models>/<name>/
       <name>.pth                    state dicts only (torch.load(weights_only=True) reads them)
-      <name>.emd                    JSON: arcgis.learn's Pix2Pix keys + the toolkit's own
+      <name>.emd                    JSON: arcgis.learn's keys + the toolkit's own
       ModelCharacteristics/loss_graph.png, ModelCharacteristics/show_results.png
       <name>.dlpk                   a zip of the above
 """
@@ -228,8 +228,8 @@ def _torch_load(file, source) -> dict:
         weights = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{source}: corrupt or unreadable weights file ({err}).") from err
-    if not isinstance(weights, dict) or "generator" not in weights:
-        raise ValueError(f"{source}: holds no generator weights.")
+    if not isinstance(weights, dict):  # which networks it must hold is the model class's check
+        raise ValueError(f"{source}: holds no network weights (not a dict of state dicts).")
     return weights
 
 

@@ -1,4 +1,5 @@
-"""The pix2pix networks (Isola et al. 2017): U-Net generator and 70x70 PatchGAN discriminator.
+"""The networks: pix2pix's U-Net generator (Isola et al. 2017), CycleGAN's ResNet generator
+(Zhu et al. 2017, after Johnson et al. 2016) and the 70x70 PatchGAN discriminator both use.
 
 Both follow the reference code's defaults (DESIGN section 4), with two changes that let them take
 any chip: any number of input and output bands, and a generator depth chosen from the chip size
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchDiscriminator", "UNetGenerator", "backbone_generator", "init_weights",
+__all__ = ["PatchDiscriminator", "ResnetGenerator", "UNetGenerator", "backbone_generator", "init_weights",
            "unet_depth", "SUPPORTED_BACKBONES"]
 
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -105,9 +106,60 @@ def pad_forward(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tenso
     return y[..., top:top + h, left:left + w]
 
 
+class _ResnetBlock(nn.Module):
+    """``x + conv(relu(norm(conv(x))))``, 3x3 convolutions with reflection padding."""
+
+    def __init__(self, channels: int, norm: str, dropout: bool) -> None:
+        super().__init__()
+        make_norm, bias = _norm_layer(norm), norm == "instance"
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), make_norm(channels),
+                  nn.ReLU(True)]
+        layers += [nn.Dropout(0.5)] if dropout else []
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), make_norm(channels)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN's generator: ``(batch, n_in, h, w)`` in [-1, 1] -> ``(batch, n_out, h, w)`` in [-1, 1].
+
+    As the reference ``resnet_9blocks``: c7s1-ngf, two stride-2 downsamplings (d2ngf, d4ngf),
+    ``n_blocks`` residual blocks of 4 ngf filters, two fractionally strided upsamplings, c7s1-out
+    and Tanh; instance norm, no dropout. Any ``h, w`` works: sides are padded to a multiple of 4.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, ngf: int = 64, n_blocks: int = 9,
+                 norm: str = "instance", dropout: bool = False) -> None:
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks must be 0 or more, got {n_blocks}.")
+        self.n_in, self.n_out, self.n_blocks = n_in, n_out, n_blocks
+        make_norm, bias = _norm_layer(norm), norm == "instance"
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(n_in, ngf, 7, bias=bias), make_norm(ngf),
+                                   nn.ReLU(True)]
+        for i in range(2):
+            mult = 2**i
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
+                       make_norm(ngf * mult * 2), nn.ReLU(True)]
+        layers += [_ResnetBlock(ngf * 4, norm, dropout) for _ in range(n_blocks)]
+        for i in range(2):
+            mult = 2**(2 - i)
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
+                                          output_padding=1, bias=bias),
+                       make_norm(ngf * mult // 2), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, n_out, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_forward(self.model, x, 4)
+
+
 class PatchDiscriminator(nn.Module):
-    """The 70x70 PatchGAN: ``(batch, n_in, h, w)`` (input and target bands concatenated) ->
-    ``(batch, 1, h/8 - 2, w/8 - 2)`` logits, one per overlapping 70x70 patch."""
+    """The 70x70 PatchGAN: ``(batch, n_in, h, w)`` (pix2pix: input and target bands
+    concatenated; CycleGAN: one domain's bands) -> ``(batch, 1, h/8 - 2, w/8 - 2)`` logits, one
+    per overlapping 70x70 patch."""
 
     def __init__(self, n_in: int, *, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
         super().__init__()

@@ -1,0 +1,677 @@
+"""What every translation model of the toolkit shares: the workflow around its networks.
+
+:class:`TranslationModel` owns training on fastai (``fit`` with checkpoints, resume and early
+stopping; ``lr_find``; mixed precision), the model folder (``save``, ``load``, ``from_model``),
+inference (``predict``, ``predict_raster`` through a :class:`Translation`), and the loss plot.
+A model (:class:`toolkit.Pix2Pix`, :class:`toolkit.CycleGAN`) supplies what is its own, in one
+file, as torchgeo's ``BaseTask`` subclasses do:
+
+* ``model_type`` (the ``.emd`` ``ModelType``), ``checkpoint_name``, ``config_rules`` (what its
+  ``Toolkit.config`` in the ``.emd`` must hold, :mod:`toolkit.models.emd_schema` rules);
+* ``build_networks(config)``: its named networks (built on the meta device too, to check a
+  saved model's weights before anything is allocated);
+* ``_make_trainer()``: the fastai callback that owns the discriminators and their step (a
+  :class:`toolkit.models.gan.DiscriminatorStep`), with the loss names it records;
+* ``_learner_model()`` and ``_loss_func()``: what the fastai ``Learner`` trains with the
+  generator's optimizer;
+* ``_emd_keys(name)``: its arcgis.learn ``.emd`` keys; ``translation(...)``: its inference.
+
+:func:`register` makes a model class loadable by :func:`load_model` from its ``ModelType``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from toolkit import __version__
+from toolkit._fastai import quiet_import
+from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_output_folder,
+                         check_writable_folder)
+from toolkit.data.chips import read_chip
+from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding, target_from_dict
+from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
+from toolkit.models.emd_schema import check_state_fits, check_weights_fit
+from toolkit.models.gan import History, loss_metrics
+from toolkit.models.model_folder import read_model_folder, write_model_folder
+from toolkit.models.networks import init_weights
+from toolkit.raster import is_toolkit_raster, write_raster
+from toolkit.stats import band_validity, check_band_coverage
+
+with quiet_import():
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.schedule import ParamScheduler, SchedLin, SchedNo, combine_scheds
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+    from fastai.torch_core import default_device
+
+__all__ = ["MODEL_TYPES", "Translation", "TranslationModel", "load_model", "register"]
+
+MODEL_TYPES: dict[str, type[TranslationModel]] = {}
+"""``.emd`` ModelType -> model class, filled by :func:`register`."""
+
+
+def register(cls: type[TranslationModel]) -> type[TranslationModel]:
+    """Class decorator: make ``cls`` loadable from an ``.emd`` whose ModelType is ``cls.model_type``."""
+    MODEL_TYPES[cls.model_type] = cls
+    return cls
+
+
+def model_class(model_type: str) -> type[TranslationModel]:
+    """The registered class for an ``.emd`` ModelType; ``KeyError`` when there is none."""
+    import toolkit.models  # noqa: F401  (registers the toolkit's models)
+
+    return MODEL_TYPES[model_type]
+
+
+def load_model(path: str | os.PathLike, data=None, **kwargs) -> TranslationModel:
+    """Load any saved model (``.emd``, folder or ``.dlpk``) as the class its ``ModelType`` names:
+    ``load_model("m.dlpk")`` gives a :class:`toolkit.Pix2Pix` or a :class:`toolkit.CycleGAN`.
+    ``data`` and ``kwargs`` as for that class's ``from_model``."""
+    return TranslationModel.from_model(path, data, **kwargs)  # the base picks the class
+
+
+# --- inference: the one interface predict and predict_raster use --------------------------------
+
+
+@dataclass
+class Translation(BandCounts):
+    """One direction of a model, as inference sees it: normalised input bands in, target units out.
+
+    :func:`toolkit.inference.predict_raster`, ``predict`` and distributed workers use nothing
+    else of a model. ``forward`` maps normalised ``(n, bands_in, h, w)`` float32 in [-1, 1] to
+    the generator's ``(n, bands_out, h, w)`` in [-1, 1]; :meth:`generate` adds test-time
+    augmentation, :meth:`to_target_units` the way back to band values or class scores.
+    """
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    input_norm: BandNorm
+    target_norm: BandNorm | MaskEncoding
+    chip_size: tuple[int, int]  # (width, height) of the chips the model was trained on
+    extract_bands: list[int] | None = None  # 0-based bands of the input raster to use
+    cell_size: tuple[float, float] | None = None  # training ground pixel size, CRS units
+    source_files: tuple[Path, ...] = ()  # the model's own files: never written over
+    footprint_settings: dict | None = None
+    name: str = "model"  # for messages
+
+    @property
+    def is_mask(self) -> bool:
+        return isinstance(self.target_norm, MaskEncoding)
+
+    def generate(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
+        """``forward`` on ``x``; with ``tta``, the mean of its outputs for the 8 dihedral
+        transforms of each input (identity, rotations by 90, 180 and 270 degrees, and the
+        horizontal flip of each), each output turned back first. Inputs that are not square get
+        the 4 transforms that keep their shape (identity, 180 degrees, the two flips). All
+        transforms of the ``n`` inputs run as one batch of ``8 * n`` (or ``4 * n``)."""
+        if not tta:
+            return self.forward(x)
+        x = np.asarray(x)
+        n = len(x)
+        transforms = _dihedral(x.shape[-2] == x.shape[-1])
+        out = self.forward(np.concatenate([_transform(x, k, flip) for k, flip in transforms]))
+        mean = np.zeros((n, *out.shape[1:2], *x.shape[-2:]), np.float32)
+        for i, (k, flip) in enumerate(transforms):
+            mean += _untransform(out[i * n:(i + 1) * n], k, flip)
+        return mean / np.float32(len(transforms))
+
+    def to_target_units(self, out: np.ndarray) -> np.ndarray:
+        """Generator output in [-1, 1] -> target units: band values for image targets, class
+        scores in [0, 1] (one band per class; 0.5 is the decision threshold) for mask targets."""
+        if self.is_mask:
+            return ((np.asarray(out, np.float32) + 1.0) / 2.0).astype(np.float32)
+        return self.target_norm.denormalize(out)
+
+    def predict(self, image: str | os.PathLike | np.ndarray, output: str | os.PathLike | None = None,
+                *, transform=None, crs=None, overwrite: bool = False, tta: bool = False) -> np.ndarray:
+        """Translate one chip of any size (a chip file, or ``(bands, h, w)`` in input units) into
+        float32 ``(bands_out, h, w)`` in target units, NaN where the input is nodata; with
+        ``output``, also written there as a GeoTIFF with the chip's CRS and transform."""
+        nodata = None
+        if output is not None:
+            inputs = [image] if isinstance(image, (str, os.PathLike)) else []
+            check_not_input(output, inputs + list(self.source_files), role="output")
+            check_output_file(output, overwrite=overwrite, role="output", owned=is_toolkit_raster,
+                              what="a prediction")
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such chip.")
+            data, nodata = read_chip(path)
+            if output is not None and (transform is None or crs is None):
+                import rasterio
+
+                with rasterio.open(path) as src:
+                    transform = src.transform if transform is None else transform
+                    crs = src.crs if crs is None else crs
+        else:
+            data = np.asarray(image)
+            if data.ndim == 2:
+                data = data[np.newaxis]
+        if self.extract_bands:
+            data = data[self.extract_bands]
+        if data.ndim != 3 or data.shape[0] != self.n_bands_in:
+            raise ValueError(f"the {self.name} takes {self.n_bands_in} band(s) (bands, height, width); "
+                             f"got an array of shape {data.shape}.")
+        valid = band_validity(data, nodata)
+        check_band_coverage(valid, image if isinstance(image, (str, os.PathLike)) else "image")
+        x = self.input_norm.normalize(data, valid)
+        result = self.to_target_units(self.generate(x[np.newaxis], tta=tta)[0])
+        result[:, ~valid.any(axis=0)] = np.nan
+        if output is not None:
+            with atomic_file(output) as tmp:
+                write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan, output_of="predict")
+        return result
+
+
+def _dihedral(square: bool) -> list[tuple[int, bool]]:
+    """Test-time transforms as ``(quarter turns, horizontal flip after the turns)``: the 8 of the
+    dihedral group for square inputs, the 4 that keep the shape for the others."""
+    return [(k, flip) for k in ((0, 1, 2, 3) if square else (0, 2)) for flip in (False, True)]
+
+
+def _transform(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    x = np.rot90(x, k, axes=(-2, -1))
+    return x[..., ::-1] if flip else x
+
+
+def _untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """The inverse of :func:`_transform`: an output of a transformed input back on the input's grid."""
+    y = y[..., ::-1] if flip else y
+    return np.rot90(y, -k, axes=(-2, -1))
+
+
+def size_tuple(size) -> tuple[int, int]:
+    """A chip size as ``(width, height)``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# --- the base ------------------------------------------------------------------------------------
+
+
+class TranslationModel:
+    """The workflow every translation model shares; see the module docstring for what a model adds.
+
+    Attributes set by :meth:`_setup`: ``config`` (the JSON-serialisable settings the ``.emd``
+    stores), ``input_norm`` / ``target_norm``, ``data``, ``learn`` (the fastai ``Learner``;
+    ``None`` for a model loaded without data), ``trainer`` (the discriminators' callback),
+    ``history`` (one record per epoch trained), ``metrics``, ``models_dir`` (working folder),
+    ``device``, and each network under its name.
+    """
+
+    model_type: ClassVar[str]
+    checkpoint_name: ClassVar[str]
+    config_rules: ClassVar[dict]
+    required_networks: ClassVar[tuple[str, ...]] = ("generator",)
+    default_lr: ClassVar[float] = 2e-4
+    # (y label, [(recorded name, legend)]) per panel of plot_losses
+    loss_panels: ClassVar[list[tuple[str, list[tuple[str, str]]]]] = []
+    schedules: ClassVar[tuple[str, ...]] = ("linear", "linear_decay")
+
+    # --- what a model supplies -------------------------------------------------------------------
+
+    @classmethod
+    def build_networks(cls, config: dict, **kwargs) -> dict[str, nn.Module]:
+        """The model's networks by name, as ``config`` describes them, without weight init."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe_networks(cls, config: dict) -> str:
+        """The networks of ``config`` in a few words, for messages."""
+        return cls.model_type
+
+    @classmethod
+    def validate_config(cls, config: dict, source) -> None:
+        """Checks of a saved config beyond its ``config_rules`` (``ValueError`` naming ``source``)."""
+
+    def _make_trainer(self):
+        raise NotImplementedError
+
+    def _learner_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _loss_func(self):
+        raise NotImplementedError
+
+    def _emd_keys(self, name: str) -> dict:
+        raise NotImplementedError
+
+    def translation(self, **kwargs) -> Translation:
+        raise NotImplementedError
+
+    # --- construction ----------------------------------------------------------------------------
+
+    def _setup(self, config: dict, input_norm: BandNorm, target_norm, data, *, mixed_precision=None,
+               working_dir=None, **build_kwargs) -> None:
+        self.config = config
+        self.input_norm, self.target_norm = input_norm, target_norm
+        self.data = data
+        self.history: list[dict] = []
+        self.metrics: dict[str, float] = {}
+        self.footprint_settings: dict[str, float] | None = None
+        self._suggested_lr: float | None = None
+        self.device = data.device if data is not None else default_device()
+        # The same builder checks a saved model's weights on the meta device (emd_schema).
+        self.network_names = []
+        for name, net in self.build_networks(config, **build_kwargs).items():
+            setattr(self, name, net)
+            self.network_names.append(name)
+        self._init_networks()
+        self.trainer = self._make_trainer()
+        self.models_dir = Path(working_dir) if working_dir else (
+            Path(data.path) / "models" if data is not None else None)
+        self.learn = None
+        if data is not None:
+            cbs = [self.trainer]
+            cuda = self.device.type == "cuda"
+            if mixed_precision or (mixed_precision is None and cuda):
+                bf16 = cuda and torch.cuda.is_bf16_supported()
+                cbs.append(MixedPrecision(amp_mode="bf16" if bf16 else "fp16"))
+            if cuda:
+                for net in self.networks.values():
+                    net.to(memory_format=torch.channels_last)
+            self.learn = Learner(data, self._learner_model(), loss_func=self._loss_func(),
+                                 opt_func=partial(Adam, mom=0.5, sqr_mom=0.999, eps=1e-8, wd=0.0),
+                                 wd=0.0, lr=self.default_lr, metrics=loss_metrics(self.trainer), cbs=cbs,
+                                 path=self.models_dir.parent, model_dir=self.models_dir.name)
+        for net in self.networks.values():
+            net.to(self.device)
+
+    def _init_networks(self) -> None:
+        """The papers' init: N(0, 0.02) convolutions (see :func:`init_weights`)."""
+        for net in self.networks.values():
+            init_weights(net)
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        """The model's networks by name (generators first)."""
+        return {name: getattr(self, name) for name in self.network_names}
+
+    @property
+    def recorded(self) -> list[str]:
+        """What ``fit`` records per epoch (and so what it can monitor)."""
+        return ["valid_loss", "train_loss", *self.trainer.loss_names]
+
+    @classmethod
+    def from_model(cls, path: str | os.PathLike, data=None, *, normalization: str = "model",
+                   working_dir: str | os.PathLike | None = None):
+        """Load a saved model (its ``.emd``, folder or ``.dlpk``) for inference, or, with ``data``,
+        to train further (fine-tuning). Without data, ``fit`` raises a clear error.
+
+        Args:
+            normalization: with ``data``: ``"model"`` (default) trains on the data's chips scaled
+                with the statistics the model learned with: ``data`` is switched to them (see
+                :meth:`toolkit.data.ChipDataLoaders.use_normalization`), so training and
+                prediction see the same scaling. ``"data"`` re-fits the model to the data's
+                statistics instead (the model then scales every input with them; a warning says so).
+            working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
+        """
+        if normalization not in ("model", "data"):
+            raise ValueError(f"normalization must be 'model' or 'data', got {normalization!r}.")
+        emd, weights, emd_path = read_model_folder(path)  # a validated .emd, size-capped reads
+        if emd["ModelType"] != getattr(cls, "model_type", None):
+            if cls is not TranslationModel:
+                raise ValueError(f"{emd_path}: a {emd['ModelType']} model, not a {cls.model_type}; load it "
+                                 f"with {emd['ModelType']}.from_model() or toolkit.load_model().")
+            cls = model_class(emd["ModelType"])
+        config = emd["Toolkit"]["config"]
+        # shapes first, on the meta device: an .emd whose sizes the weights do not have (say
+        # ngf=100000) is refused before anything real is allocated
+        check_weights_fit(config, weights, emd_path, model_type=cls.model_type)
+        input_norm = BandNorm.from_dict(emd["Toolkit"]["input_norm"])
+        target_norm = target_from_dict(emd["Toolkit"]["target_norm"])
+        model = cls.__new__(cls)
+        if data is not None:
+            if (data.n_bands_in, data.n_bands_out) != (config["n_bands_in"], config["n_bands_out"]):
+                raise ValueError(f"{emd_path}: the model maps {config['n_bands_in']} -> "
+                                 f"{config['n_bands_out']} bands, the data {data.n_bands_in} -> "
+                                 f"{data.n_bands_out}.")
+            if normalization == "model":
+                data.use_normalization(input_norm, target_norm)
+            else:
+                input_norm, target_norm = data.input_norm, data.target_norm
+                warnings.warn(f"{emd_path}: fine-tuning with the statistics of {data.path} "
+                              "(normalization='data'): the model's own statistics are replaced, "
+                              "and it scales every input with the new ones from now on.", stacklevel=2)
+        model._setup(config, input_norm, target_norm, data, working_dir=working_dir)
+        model._load_weights(weights, emd_path)
+        model.history = list(emd["Toolkit"].get("history", []))
+        model.metrics = dict(emd["Toolkit"].get("metrics", {}))
+        model.footprint_settings = emd["Toolkit"].get("footprint_settings")
+        model.emd_path = emd_path
+        return model
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def _input_paths(self) -> list[Path]:
+        """What this model reads: the training chips and metadata (never written over)."""
+        folder = getattr(self.data, "folder", None)
+        return folder.input_paths if folder is not None else []
+
+    @property
+    def source_files(self) -> list[Path]:
+        """The saved model files this model was loaded from or last saved to."""
+        emd_path = getattr(self, "emd_path", None)
+        if emd_path is None:
+            return []
+        return [emd_path] if emd_path.suffix.lower() == ".dlpk" else [emd_path, emd_path.with_suffix(".pth")]
+
+    def _check_working_dir(self, what: str) -> Path:
+        """The working folder, checked before any work: not inside the training chips, and writable."""
+        name = type(self).__name__
+        if self.models_dir is None:
+            raise ValueError(f"{what} needs a working folder: pass working_dir= to {name}.from_model().")
+        hint = (f"Pass working_dir= ({name}(data, working_dir=...) or {name}.from_model(path, data, "
+                "working_dir=...)) to use a folder you can write.")
+        check_not_input(self.models_dir, self._input_paths(), role="working_dir")
+        return check_writable_folder(self.models_dir, role="working folder", hint=hint)
+
+    # --- training --------------------------------------------------------------------------------
+
+    def _require_data(self, what: str) -> None:
+        if self.learn is None:
+            name = type(self).__name__
+            raise RuntimeError(f"{what} needs training data: this model was loaded for inference. "
+                               f"Use {name}.from_model(path, data=prepare_data(...)).")
+
+    fit_id: str | None = None  # the id of the last fit (its checkpoint files); set by fit()
+
+    def fit(self, epochs: int = 10, lr: float | None = None, one_cycle: bool = True,
+            early_stopping: bool | int = False, checkpoint: bool | str = True,
+            monitor: str = "valid_loss", resume: bool | str = False, schedule: str | None = None) -> None:
+        """Train for ``epochs`` epochs.
+
+        Args:
+            lr: learning rate; default the last :meth:`lr_find` suggestion, else 2e-4.
+            one_cycle: fastai's one-cycle learning-rate schedule (beta1 stays 0.5); else constant.
+            schedule: ``"linear"`` (or ``"linear_decay"``): the papers' schedule, constant for
+                the first half of the epochs, then linear to 0 (overrides ``one_cycle``).
+            early_stopping: stop when ``monitor`` has not improved for 5 epochs (or this many).
+            checkpoint: after each epoch write a checkpoint to ``<working_dir>/checkpoints/``:
+                ``<name>-<fit id>_last.pth`` and, when ``monitor`` improved, ``_best.pth``
+                (``name`` is the model's checkpoint name, e.g. ``"pix2pix"``, or this string);
+                the best epoch is restored at the end. Each fit has its own files (id in
+                :attr:`fit_id`); none of another fit's are touched.
+            monitor: one of :attr:`recorded` (``valid_loss`` is the validation reconstruction
+                error: L1 for Pix2Pix, the cycle L1 for CycleGAN).
+            resume: ``True`` continues the most recently saved unfinished fit of this checkpoint
+                name, a fit id continues that fit, from its last checkpoint: same ``epochs``; the
+                learning rate, schedule, monitor and early stopping (unless given; 0 turns it
+                off) are the checkpoint's. Weights, optimizers, gradient scalers, early
+                stopping's state and the random-number states come back, so the fit ends as it
+                would have without the interruption.
+        """
+        self._require_data("fit")
+        self._check_working_dir("fit")
+        if schedule not in (None, *self.schedules):
+            raise ValueError(f"schedule must be None or one of {list(self.schedules)}, got {schedule!r}.")
+        if monitor not in self.recorded:
+            raise ValueError(f"monitor {monitor!r} is not recorded during fit; choose one of {self.recorded}.")
+        name = checkpoint if isinstance(checkpoint, str) else self.checkpoint_name
+        folder = self.models_dir / "checkpoints"
+        start, state = 0, None
+        if resume:
+            path = find_resumable(folder, name, resume if isinstance(resume, str) else None)
+            state = load_checkpoint(path)
+            if state["fit"]["epochs"] != epochs:
+                how = "True" if resume is True else repr(state["fit_id"])
+                raise ValueError(f"{path}: the checkpoint is of a fit of {state['fit']['epochs']} "
+                                 f"epochs; resume it with fit({state['fit']['epochs']}, resume={how}).")
+            self._restore(state, optimizers=True)
+            # loaded: no second copy of the weights for the whole fit, only the loop's state
+            heavy = {*self.network_names, "g_opt", "d_opt", "trainer"}
+            state = {k: v for k, v in state.items() if k not in heavy}
+            lr, one_cycle, schedule = state["fit"]["lr"], state["fit"]["one_cycle"], state["fit"]["schedule"]
+            start, monitor, self.fit_id = state["epoch"] + 1, state["monitor"], state["fit_id"]
+            if early_stopping is False:  # as the interrupted fit did, unless asked otherwise
+                early_stopping = state["fit"].get("patience") or False
+            if start >= epochs:
+                return
+        else:
+            self.fit_id = new_fit_id(folder, name)
+        lr = float(lr or self._suggested_lr or self.default_lr)
+        patience = None if not early_stopping else 5 if early_stopping is True else int(early_stopping)
+        fit_config = {"epochs": epochs, "lr": lr, "one_cycle": one_cycle, "schedule": schedule,
+                      "patience": patience}
+        cbs = [History(self.history, start_epoch=start)]
+        if checkpoint or patience or state:
+            # One callback tracks the best epoch for both: early stopping's state is saved with
+            # the checkpoint of the epoch, before the fit stops. It also puts a resumed fit's
+            # loop state back (even with checkpoint=False).
+            cbs.append(Checkpoint(folder if checkpoint else None, name, self.fit_id, monitor,
+                                  lambda: self._state(fit_config), self._restore_best,
+                                  scalers={"scaler": lambda: getattr(self.learn, "scaler", None),
+                                           "d_scaler": lambda: self.trainer.d_scaler},
+                                  patience=patience, resume=state))
+        if schedule in ("linear", "linear_decay"):
+            half = epochs // 2
+            sched = combine_scheds([half / epochs, 1 - half / epochs], [SchedNo(lr, lr), SchedLin(lr, 0.0)]) \
+                if half else SchedLin(lr, 0.0)
+            self.learn.fit(epochs, lr, cbs=cbs + [ParamScheduler({"lr": sched})], start_epoch=start)
+        elif one_cycle:
+            self.learn.fit_one_cycle(epochs, lr, moms=(0.5, 0.5, 0.5), cbs=cbs, start_epoch=start)
+        else:
+            self.learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 1e-1, num_it: int = 100,
+                show_plot: bool = True) -> float:
+        """Run fastai's learning-rate finder on the reconstruction part of the generator loss (L1
+        for Pix2Pix, cycle and identity for CycleGAN; the GAN terms say little about the step
+        size) and return the suggested rate, used by the next ``fit``."""
+        self._require_data("lr_find")
+        self._check_working_dir("lr_find")
+        self.trainer.l1_only = True
+        try:
+            suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                                            show_plot=show_plot)
+        finally:
+            self.trainer.l1_only = False
+        self._suggested_lr = float(suggestion.valley)
+        return self._suggested_lr
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def _state(self, fit_config: dict | None = None, optimizers: bool = True) -> dict:
+        """The model's state: each network's state dict under its name, ``history``, ``config``;
+        with ``optimizers`` (and an optimizer made) ``g_opt`` and ``d_opt``; with a ``fit_config``
+        (``epochs``, ``lr``... of a fit, for its checkpoints) also ``fit`` and the trainer's own
+        state (``trainer``: CycleGAN's image pools). The training loop's state (epoch, scalers,
+        random numbers) is the ``Checkpoint``'s to add."""
+        state = {name: net.state_dict() for name, net in self.networks.items()}
+        state |= {"history": list(self.history), "config": dict(self.config)}
+        if optimizers and self.learn is not None and self.learn.opt is not None:
+            state["g_opt"] = plain_state(self.learn.opt.state_dict())
+            state["d_opt"] = self.trainer.d_opt.state_dict()
+        if fit_config is not None:
+            state["fit"] = fit_config
+            state["trainer"] = self.trainer.extra_state()
+        return state
+
+    def _restore(self, state: dict, optimizers: bool = True) -> None:
+        """Load what :meth:`_state` gave: the networks, the history and, with ``optimizers``
+        (when the state has them), both optimizers' states and the trainer's."""
+        self._load_weights(state, "checkpoint")
+        if state.get("history") is not None:
+            self.history[:] = state["history"]
+        if optimizers and "g_opt" in state:
+            if self.learn.opt is None:
+                self.learn.create_opt()
+            _load_opt_state(self.learn.opt, state["g_opt"])
+            self.trainer.d_opt.load_state_dict(state["d_opt"])
+        if "trainer" in state:
+            self.trainer.load_extra_state(state["trainer"])
+
+    def _restore_best(self, state: dict) -> None:
+        """After a fit: the best epoch's weights, from its checkpoint. The history keeps every
+        epoch trained, and the optimizers stay as the last epoch left them."""
+        self._load_weights(state, "checkpoint")
+
+    def _load_weights(self, state: dict, source) -> None:
+        """Load each network's weights from ``state`` (the generators must be there, the
+        discriminators are loaded where present). ``ValueError`` naming ``source`` and the first
+        tensor that is missing, extra or of another shape, raised before any weight changes."""
+        check_state_fits(self.networks, state, source, f"this network ({self!r})",
+                         required=self.required_networks)
+        try:
+            for name, net in self.networks.items():
+                if name in state:
+                    net.load_state_dict(state[name])
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"{source}: the weights do not fit this network ({self!r}): {err}") from err
+
+    # --- inference -------------------------------------------------------------------------------
+
+    @property
+    def is_mask(self) -> bool:
+        return isinstance(self.target_norm, MaskEncoding)
+
+    def _run(self, net: nn.Module, x: np.ndarray) -> np.ndarray:
+        """One forward pass of ``net`` on a normalised numpy batch: eval mode, no gradients,
+        mixed precision on CUDA; float32 numpy out."""
+        net.eval()
+        with torch.no_grad(), self._autocast():
+            out = net(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+        return out.float().cpu().numpy()
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cpu", enabled=False)
+
+    def _translation(self, forward, input_norm, target_norm, name: str, **kwargs) -> Translation:
+        c = self.config
+        kwargs.setdefault("cell_size", c.get("cell_size"))
+        kwargs["cell_size"] = tuple(kwargs["cell_size"]) if kwargs["cell_size"] else None
+        return Translation(forward=forward, input_norm=input_norm, target_norm=target_norm,
+                           chip_size=size_tuple(c["chip_size"]), source_files=tuple(self.source_files),
+                           name=name, **kwargs)
+
+    def _predict_raster(self, translation: Translation, in_raster, out_raster, **kwargs) -> Path:
+        from toolkit.inference import predict_raster
+
+        return predict_raster(translation, in_raster, out_raster, **kwargs)
+
+    # --- figures ---------------------------------------------------------------------------------
+
+    def plot_losses(self) -> Figure:
+        """The recorded losses per epoch, one panel per group of ``loss_panels``."""
+        if not self.history:
+            raise RuntimeError("no losses yet: call fit() first.")
+        epochs = [r["epoch"] + 1 for r in self.history]
+        fig, axes = plt.subplots(1, len(self.loss_panels), figsize=(5.5 * len(self.loss_panels), 4))
+        for ax, (ylabel, curves) in zip(np.atleast_1d(axes), self.loss_panels):
+            for key, label in curves:
+                ax.plot(epochs, [r.get(key) for r in self.history], "o-", label=label)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.legend()
+        fig.tight_layout()
+        return fig
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def save(self, name_or_path: str | os.PathLike, save_optimizer: bool = False,
+             compute_metrics: bool = True, overwrite: bool = False) -> Path:
+        """Save to ``<working_dir>/<name>/`` (or the given folder): ``<name>.pth``, ``<name>.emd``,
+        ``ModelCharacteristics/`` figures and ``<name>.dlpk``; returns the ``.emd`` path.
+
+        The folder is written to a temporary name and moved into place. An existing folder is
+        replaced only with ``overwrite=True`` and only when it holds a model the toolkit saved
+        and nothing else; the training chips are never written over."""
+        target = Path(name_or_path)
+        if len(target.parts) == 1 and not target.is_absolute():
+            if self.models_dir is None:
+                raise ValueError("this model has no working folder; save it to a path.")
+            target = self._check_working_dir("save") / target
+        else:
+            check_writable_folder(target.parent, role="the folder of save path",
+                                  hint="Save the model to a folder you can write.")
+        check_not_input(target, self._input_paths(), role="save path")
+        from toolkit.models.model_folder import MODEL_KIND
+
+        check_output_folder(target, overwrite=overwrite, kind=MODEL_KIND, role="save path")
+        name = target.name
+        if compute_metrics and self.data is not None:
+            self.compute_metrics()
+        figures = {}
+        if self.history:
+            figures["loss_graph.png"] = self.plot_losses()
+        if self.data is not None:
+            figures["show_results.png"] = self.show_results(rows=min(4, len(self.data.valid_ds)))
+        try:
+            emd_path = write_model_folder(target, name, weights=plain_state(self._state(optimizers=save_optimizer)),
+                                          emd=self._emd(name), figures=figures, overwrite=overwrite)
+        finally:
+            for fig in figures.values():
+                plt.close(fig)
+        self.emd_path = emd_path
+        return emd_path
+
+    def load(self, name_or_path: str | os.PathLike) -> None:
+        """Load the weights of a saved model (name in the working folder, .emd, folder or .dlpk)."""
+        path = Path(name_or_path)
+        if not path.exists() and self.models_dir is not None and (self.models_dir / path).exists():
+            path = self.models_dir / path
+        emd, weights, emd_path = read_model_folder(path)
+        if emd["ModelType"] != self.model_type:
+            raise ValueError(f"{emd_path}: a {emd['ModelType']} model; this is a {self.model_type}.")
+        self._load_weights(weights, emd_path)
+
+    def _emd(self, name: str) -> dict:
+        """The ``.emd``: arcgis.learn's keys (``_emd_keys``), then the toolkit's own."""
+        c = self.config
+        width, height = size_tuple(c["chip_size"])
+        emd = {
+            "Framework": "arcgis.learn.models._inferencing",
+            "ModelType": self.model_type,
+            "InferenceFunction": "ArcGISImageTranslation.py",
+            "ModelFile": f"{name}.pth",
+            "ImageHeight": height,
+            "ImageWidth": width,
+            "ExtractBands": c.get("extract_bands") or list(range(c["n_bands_in"])),
+            "SupportsVariableTileSize": True,
+            "n_intput_channel": c["n_bands_in"],  # sic: arcgis.learn's key
+            "n_channel": c["n_bands_out"],
+            "NormalizationStats": arcgis_stats(self.input_norm),
+            "NormalizationStats_b": arcgis_stats(self.target_norm) if not self.is_mask else None,
+            "ArcGISLearnVersion": "toolkit " + __version__,
+            "ImageSpaceUsed": "MAP_SPACE",
+        }
+        emd |= self._emd_keys(name)
+        emd["Toolkit"] = {"version": __version__, "config": c, "input_norm": self.input_norm.to_dict(),
+                          "target_norm": self.target_norm.to_dict(), "history": self.history,
+                          "metrics": self.metrics, "footprint_settings": self.footprint_settings}
+        if self.is_mask:
+            emd["Classes"] = self.target_norm.classes
+        emd.update({k: v for k, v in self.metrics.items()})
+        return emd
+
+
+def _load_opt_state(opt, sd: dict) -> None:
+    """Load a fastai optimizer's state saved as plain dicts and lists (fastai's own
+    ``state_dict`` holds fastcore ``L`` objects, which ``torch.load(weights_only=True)`` refuses)."""
+    from fastcore.foundation import L
+
+    params = [p for p, *_ in opt.all_params()]
+    state = [{k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
+             for p, s in zip(params, sd["state"])]
+    opt.load_state_dict({"state": state, "hypers": L(dict(h) for h in sd["hypers"])})
+
+
+def arcgis_stats(norm: BandNorm) -> dict:
+    """A band normalisation in arcgis.learn's ``NormalizationStats`` keys."""
+    return {"band_min_values": norm.min, "band_max_values": norm.max,
+            "band_mean_values": norm.mean, "band_std_values": norm.std,
+            "scaled_min_values": norm.low.tolist(), "scaled_max_values": norm.high.tolist()}
+
