@@ -120,6 +120,7 @@ class CycleGANTrainer(DiscriminatorStep):
         return F.binary_cross_entropy_with_logits(prediction.float(), target.float())
 
     def before_batch(self) -> None:
+        super().before_batch()
         self.learn.xb = (self.xb[0], self.yb[0])
 
     def g_loss(self, pred: tuple[torch.Tensor, ...], b: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,12 @@ class DiscriminatorStep(Callback):
         self.d_scaler = (torch.amp.GradScaler("cuda") if scaler is not None and scaler.is_enabled()
                          else None)
 
+    def before_batch(self) -> None:
+        # fastai's TensorImage routes every operation through its __torch_function__ (about 4%
+        # of a CPU step, benchmarks/README.md); the networks and losses need plain tensors
+        self.learn.xb = tuple(_plain_tensor(x) for x in self.xb)
+        self.learn.yb = tuple(_plain_tensor(y) for y in self.yb)
+
     def before_train(self) -> None:
         for d in self.discriminators:
             d.train()
@@ -168,6 +174,10 @@ class GANTrainer(DiscriminatorStep):
         gan = _bce(self.discriminator(torch.cat([self.xb[0], pred], 1)), True)
         self._add("gen_loss", gan)
         return self.gan_weight * gan + self.lambda_l1 * l1
+
+
+def _plain_tensor(x):
+    return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) and type(x) is not torch.Tensor else x
 
 
 def balanced_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
