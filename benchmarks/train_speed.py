@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -24,30 +23,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_loading import build_folder  # noqa: E402
+from timing import TrainTimer, bare_rate, describe_device  # noqa: E402
 
 from toolkit import Pix2Pix, prepare_data  # noqa: E402
 from toolkit.models import PatchDiscriminator, UNetGenerator, init_weights  # noqa: E402
-from fastai.callback.core import Callback  # noqa: E402
-
-
-class TrainTimer(Callback):
-    order = 99
-
-    def __init__(self):
-        self.seconds, self.images = [], []
-
-    def before_train(self):
-        self._start, self._n = time.perf_counter(), 0
-
-    def after_batch(self):
-        if self.training:
-            self._n += len(self.xb[0])
-
-    def after_train(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.seconds.append(time.perf_counter() - self._start)
-        self.images.append(self._n)
 
 
 def subset(folder: Path, n: int, dest: Path) -> Path:
@@ -87,22 +66,14 @@ def bare_loop(batches, n_in, n_out, device, amp: bool) -> float:
         g_loss.backward()
         g_opt.step()
 
-    step(*batches[0])
-    start = time.perf_counter()
-    for a, b in batches[1:]:
-        step(a, b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return sum(len(a) for a, _ in batches[1:]) / (time.perf_counter() - start)
+    return bare_rate(step, batches, device)
 
 
 def main(steps: int, amp: bool) -> None:
     folder = Path(tempfile.gettempdir()) / "toolkit_bench_5000"
     if not (folder / "map.txt").is_file():
         build_folder(folder)
-    print(f"torch threads {torch.get_num_threads()}, device "
-          f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, "
-          f"mixed precision {'on' if amp else 'off'}")
+    print(describe_device(amp))
     print(f"{'batch':>6} {'fit img/s':>10} {'bare img/s':>11} {'overhead':>9}")
     for bs in (1, 8):
         sub = subset(folder, steps * bs + bs, Path(tempfile.gettempdir()) / f"toolkit_bench_sub{bs}")
@@ -112,10 +83,10 @@ def main(steps: int, amp: bool) -> None:
         timer = TrainTimer()
         model.learn.add_cb(timer)
         model.fit(2, checkpoint=False, one_cycle=False)
-        fit_rate = timer.images[-1] / timer.seconds[-1]
+        fit_rate = timer.rate()
         batches = [(x.clone(), y.clone()) for x, y in data.train]
-        bare_rate = bare_loop(batches, data.n_bands_in, data.n_bands_out, data.device, amp)
-        print(f"{bs:>6} {fit_rate:>10.2f} {bare_rate:>11.2f} {1 - fit_rate / bare_rate:>9.1%}")
+        bare = bare_loop(batches, data.n_bands_in, data.n_bands_out, data.device, amp)
+        print(f"{bs:>6} {fit_rate:>10.2f} {bare:>11.2f} {1 - fit_rate / bare:>9.1%}")
 
 
 if __name__ == "__main__":

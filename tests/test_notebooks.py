@@ -20,7 +20,8 @@ def test_notebooks_are_saved_without_outputs():
                 assert cell.outputs == [] and cell.execution_count is None, path.name
 
 
-@pytest.mark.parametrize("name", ["01_building_footprints.ipynb", "02_image_translation.ipynb"])
+@pytest.mark.parametrize("name", ["01_building_footprints.ipynb", "02_image_translation.ipynb",
+                                  "03_unpaired_translation.ipynb"])
 def test_notebook_runs(name, tmp_path, monkeypatch, atlanta, rotterdam):
     # the fixtures fetch the samples first, so a missing download fails with its own message
     monkeypatch.setenv("TOOLKIT_QUICK", "1")
