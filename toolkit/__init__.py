@@ -22,6 +22,7 @@ _EXPORTS = {
     "CycleGAN": "toolkit.models",
     "load_model": "toolkit.models",
     "predict_raster": "toolkit.inference",
+    "predict_rasters": "toolkit.distributed",
     "vectorize": "toolkit.vector",
     "write_vector": "toolkit.vector",
     "metrics": "toolkit.metrics",

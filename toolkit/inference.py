@@ -7,7 +7,9 @@ summed weights, so window borders leave no seams; a pixel-wise model gives exact
 result. The raster's edges are reflected, so every pixel gets an output.
 
 The raster is read and written one row of windows at a time: memory depends on the raster's
-width and the chip size, not on its height.
+width and the chip size, not on its height. Any band of window rows can be computed on its own
+(:func:`predict_rows`) with the same values as the whole-scene pass; :mod:`toolkit.distributed`
+runs such bands on a Dask cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,8 @@ from toolkit._fs import atomic_file, check_not_input, check_output_file
 from toolkit.raster import OUTPUT_TAG, is_toolkit_raster, open_raster, streaming_env
 from toolkit.stats import band_validity
 
-__all__ = ["hann_window", "predict_raster", "reflect_index"]
+__all__ = ["RowOptions", "Scene", "WindowGrid", "hann_window", "predict_raster", "predict_rows",
+           "reflect_index"]
 
 
 def hann_window(height: int, width: int) -> np.ndarray:
@@ -50,7 +55,8 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
 def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                    padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
                    overwrite: bool = False, progress: bool = True, tta: bool = False,
-                   convert_to: str | None = None) -> Path:
+                   convert_to: str | None = None, client=None, band_rows: int | None = None,
+                   timeout: float | None = 3600.0) -> Path:
     """Run ``model`` over ``in_raster`` into ``out_raster``.
 
     Args:
@@ -69,21 +75,54 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
             the 4 transforms that keep their shape (identity, 180 degrees, the two flips). A
             forward pass then holds ``8 * batch_size`` (or ``4 *``) window variants: 8 (4)
             times the work and the activation memory; lower ``batch_size`` if memory is short.
+        client: a ``dask.distributed.Client``: run bands of window rows on its workers and
+            assemble the output here (:func:`toolkit.distributed.predict_raster_distributed`:
+            the model must be saved, ``in_raster`` readable by the workers at the same path).
+        band_rows, timeout: with ``client`` only: window rows per task, and the longest wait
+            in seconds for one band (``None``: no limit).
 
     Returns:
         ``out_raster``: a tiled, compressed GeoTIFF with the input's CRS, transform, width and
         height; the target's band count, float32 in target units (nodata NaN), or the class
         raster (nodata 255, or 65535 when 255 is a class). Input nodata comes back as nodata.
+        The same values with or without ``client``.
     """
-    from toolkit.models.base import Translation
-
-    if not isinstance(model, Translation):
-        model = model.translation(**({"convert_to": convert_to} if convert_to is not None else {}))
-    elif convert_to is not None:
-        raise ValueError("convert_to picks a direction of a model; this is already one direction.")
+    model = as_translation(model, convert_to)
     check_not_input(out_raster, [in_raster, *model.source_files], role="out_raster")
     out_raster = check_output_file(out_raster, overwrite=overwrite, role="out_raster",
                                    owned=is_toolkit_raster, what="a prediction")
+    pad = check_settings(model, padding, threshold)
+    options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
+    if client is not None:
+        from toolkit.distributed import predict_raster_distributed
+
+        return predict_raster_distributed(model, in_raster, out_raster, client=client, pad=pad,
+                                          options=options, band_rows=band_rows, timeout=timeout,
+                                          progress=progress)
+    with streaming_env(), open_raster(in_raster, "in_raster") as src:
+        scene = Scene.of(src, model, pad, threshold)
+        rows = predict_rows(model, src, scene, 0, scene.grid.ny, options, progress=progress)
+        with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **scene.profile) as dst:
+            write_in_order(dst, rows)
+            _describe(dst, model, threshold)
+    return out_raster
+
+
+def as_translation(model, convert_to: str | None = None):
+    """``model`` (a Pix2Pix, a CycleGAN) as the one direction inference uses; a
+    :class:`toolkit.models.Translation` as it is (then ``convert_to`` must be ``None``)."""
+    from toolkit.models.base import Translation
+
+    if not isinstance(model, Translation):
+        return model.translation(**({"convert_to": convert_to} if convert_to is not None else {}))
+    if convert_to is not None:
+        raise ValueError("convert_to picks a direction of a model; this is already one direction.")
+    return model
+
+
+def check_settings(model, padding: int | None, threshold: float | None) -> int:
+    """The padding in pixels (default a quarter of the chip), after checking it and
+    ``threshold`` against the model; ``ValueError`` saying what is allowed."""
     chip_w, chip_h = model.chip_size
     pad = min(chip_w, chip_h) // 4 if padding is None else int(padding)
     if pad < 0 or 2 * pad >= min(chip_w, chip_h):
@@ -92,71 +131,154 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
     if threshold is not None and not model.is_mask:
         raise ValueError("threshold makes a class raster; this model translates images (its target "
                          "is not a class mask).")
-    stride_w, stride_h = chip_w - 2 * pad, chip_h - 2 * pad
+    return pad
 
-    with streaming_env(), open_raster(in_raster, "in_raster") as src:
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Where the windows of one scene lie: window row ``k`` covers padded rows ``top(k) ..
+    top(k) + chip_h`` (raster rows, negative or past the end where reflected), window column
+    ``j`` the strip columns ``j * stride_w .. + chip_w`` (strip column ``pad`` = raster column 0)."""
+
+    width: int
+    height: int
+    chip_w: int
+    chip_h: int
+    pad: int
+
+    @property
+    def stride_w(self) -> int:
+        return self.chip_w - 2 * self.pad
+
+    @property
+    def stride_h(self) -> int:
+        return self.chip_h - 2 * self.pad
+
+    @property
+    def nx(self) -> int:
+        return max(1, math.ceil((self.width + 2 * self.pad - self.chip_w) / self.stride_w) + 1)
+
+    @property
+    def ny(self) -> int:
+        return max(1, math.ceil((self.height + 2 * self.pad - self.chip_h) / self.stride_h) + 1)
+
+    @property
+    def strip_w(self) -> int:
+        """Padded columns of a strip: ``-pad .. strip_w - pad`` of the raster."""
+        return (self.nx - 1) * self.stride_w + self.chip_w
+
+    @property
+    def reach(self) -> int:
+        """How many window rows before ``k`` add to the rows final after window row ``k``."""
+        return math.ceil(self.chip_h / self.stride_h) - 1
+
+    def top(self, k: int) -> int:
+        return k * self.stride_h - self.pad
+
+    def final_rows(self, k: int) -> tuple[int, int]:
+        """Raster rows ``(first, last)`` that are final once window row ``k`` is blended: no
+        later window row reaches them (after the last window row, all of its rows are)."""
+        top = self.top(k)
+        return max(top, 0), min(top + (self.chip_h if k == self.ny - 1 else self.stride_h), self.height)
+
+    def band_rows(self, k0: int, k1: int) -> tuple[int, int]:
+        """Raster rows ``(first, last)`` that window rows ``k0 .. k1`` make final."""
+        first, last = self.final_rows(k0)[0], self.final_rows(k1 - 1)[1]
+        return first, max(first, last)
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """What predict_raster's caller chose beyond the padding: forward-pass batch size,
+    test-time augmentation, and the class threshold (``None``: float scores or values)."""
+
+    batch_size: int = 8
+    tta: bool = False
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One input raster as inference sees it: the 1-based bands the model takes, the window
+    grid, and the output's rasterio profile (``profile["nodata"]`` is the output nodata)."""
+
+    bands: list[int]
+    grid: WindowGrid
+    profile: dict
+
+    @classmethod
+    def of(cls, src, model, pad: int, threshold: float | None) -> Scene:
+        """Check ``src`` (an open raster) against ``model`` (band count: ``ValueError``;
+        resolution: a warning) and lay out its windows."""
         bands = _input_bands(src, model)
         _check_resolution(src, model)
-        width, height = src.width, src.height
-        nx = max(1, math.ceil((width + 2 * pad - chip_w) / stride_w) + 1)
-        ny = max(1, math.ceil((height + 2 * pad - chip_h) / stride_h) + 1)
-        strip_w = (nx - 1) * stride_w + chip_w  # padded columns -pad .. strip_w - pad
-        weights = hann_window(chip_h, chip_w)
-        n_out = model.n_bands_out
-        acc = np.zeros((n_out, chip_h, strip_w), np.float32)  # rows y_k .. y_k + chip_h
-        wsum = np.zeros((chip_h, strip_w), np.float32)
-        profile = _output_profile(src, model, n_out, threshold)
+        grid = WindowGrid(src.width, src.height, *model.chip_size, pad)
+        return cls(bands, grid, _output_profile(src, model, model.n_bands_out, threshold))
 
-        def read_strip(k: int, previous=None):
-            """Window row ``k``: normalised input ``(bands, chip_h, strip_w)`` and where it has
-            data. The rows it shares with window row ``k - 1`` (``previous``) are not read again."""
-            top = k * stride_h - pad  # padded-space row of this window row
-            reuse = 0 if previous is None else chip_h - stride_h
-            rows = reflect_index(np.arange(top + reuse, top + chip_h), height)
-            data, valid = _read_rows(src, bands, rows, pad, strip_w)
-            x, has_data = model.input_norm.normalize(data, valid), valid.any(axis=0)
-            if reuse:
-                x = np.concatenate([previous[0][:, stride_h:], x], axis=1)
-                has_data = np.concatenate([previous[1][stride_h:], has_data], axis=0)
-            return x, has_data
 
-        def write_rows(block: np.ndarray, nodata_mask: np.ndarray, first: int) -> None:
-            dst.write(_finish(model, block, nodata_mask, threshold, profile["nodata"]),
-                      window=Window(0, first, width, block.shape[1]))
+def predict_rows(model, src, scene: Scene, k0: int, k1: int, options: RowOptions, *,
+                 progress: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """The finished output values of window rows ``k0 .. k1`` of ``src`` (an open raster):
+    yields ``(first_row, values)`` blocks ``(bands_out, rows, width)`` in row order, covering
+    exactly ``scene.grid.band_rows(k0, k1)``; empty blocks are skipped.
 
-        # Reading the next window row and writing (compressing) the last finished rows run in a
-        # thread beside the forward passes; each dataset is only ever used by one task at a time.
-        with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **profile) as dst, \
-                ThreadPoolExecutor(max_workers=2) as pool:
-            next_strip = pool.submit(read_strip, 0)
-            writing = None
-            for k in tqdm(range(ny), desc="Predicting", unit="window row", disable=not progress,
-                          leave=False):
-                x, has_data = next_strip.result()
-                if k + 1 < ny:
-                    next_strip = pool.submit(read_strip, k + 1, (x, has_data))
-                _blend_row(model, x, has_data, weights, acc, wsum, nx, stride_w, chip_w, batch_size,
-                           tta)
+    The blending starts ``grid.reach`` window rows earlier (their rows are not yielded), so a
+    band gives bit for bit the values of the whole-scene pass: the same windows in the same
+    batches, summed in the same order. The next strip is read in a thread beside the forward
+    passes."""
+    grid, nodata = scene.grid, scene.profile["nodata"]
+    weights = hann_window(grid.chip_h, grid.chip_w)
+    acc = np.zeros((model.n_bands_out, grid.chip_h, grid.strip_w), np.float32)  # rows top(k) ..
+    wsum = np.zeros((grid.chip_h, grid.strip_w), np.float32)
+    start, stride_h = max(k0 - grid.reach, 0), grid.stride_h
+    cols = slice(grid.pad, grid.pad + grid.width)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        next_strip = pool.submit(_read_strip, model, src, scene, start)
+        for k in tqdm(range(start, k1), desc="Predicting", unit="window row", disable=not progress,
+                      leave=False):
+            x, has_data = next_strip.result()
+            if k + 1 < k1:
+                next_strip = pool.submit(_read_strip, model, src, scene, k + 1, (x, has_data))
+            _blend_row(model, x, has_data, weights, acc, wsum, grid.nx, grid.stride_w, grid.chip_w,
+                       options.batch_size, options.tta)
+            first, last = grid.final_rows(k)
+            if k >= k0 and last > first:
+                r0 = first - grid.top(k)
+                block = acc[:, r0:r0 + last - first, cols] / wsum[r0:r0 + last - first, cols]
+                nodata_mask = ~has_data[r0:r0 + last - first, cols]
+                yield first, _finish(model, block, nodata_mask, options.threshold, nodata)
+            acc[:, :-stride_h] = acc[:, stride_h:]
+            acc[:, -stride_h:] = 0
+            wsum[:-stride_h] = wsum[stride_h:]
+            wsum[-stride_h:] = 0
 
-                # Rows top .. top + stride_h are final: no later window row reaches them (after
-                # the last window row, all of its rows are).
-                top = k * stride_h - pad
-                first, last = max(top, 0), min(top + (chip_h if k == ny - 1 else stride_h), height)
-                if writing is not None:
-                    writing.result()  # in order, and errors surface here
-                    writing = None
-                if last > first:
-                    r0, cols = first - top, slice(pad, pad + width)
-                    block = acc[:, r0:r0 + last - first, cols] / wsum[r0:r0 + last - first, cols]
-                    writing = pool.submit(write_rows, block, ~has_data[r0:r0 + last - first, cols], first)
-                acc[:, :-stride_h] = acc[:, stride_h:]
-                acc[:, -stride_h:] = 0
-                wsum[:-stride_h] = wsum[stride_h:]
-                wsum[-stride_h:] = 0
+
+def _read_strip(model, src, scene: Scene, k: int, previous=None):
+    """Window row ``k``: normalised input ``(bands, chip_h, strip_w)`` and where it has data.
+    The rows it shares with window row ``k - 1`` (``previous``) are not read again."""
+    grid = scene.grid
+    top = grid.top(k)
+    reuse = 0 if previous is None else grid.chip_h - grid.stride_h
+    rows = reflect_index(np.arange(top + reuse, top + grid.chip_h), grid.height)
+    data, valid = _read_rows(src, scene.bands, rows, grid.pad, grid.strip_w)
+    x, has_data = model.input_norm.normalize(data, valid), valid.any(axis=0)
+    if reuse:
+        x = np.concatenate([previous[0][:, grid.stride_h:], x], axis=1)
+        has_data = np.concatenate([previous[1][grid.stride_h:], has_data], axis=0)
+    return x, has_data
+
+
+def write_in_order(dst, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+    """Write ``(first_row, values)`` blocks into ``dst`` (full-width rows); each write
+    (compression) runs in a thread beside the work that makes the next block."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        writing = None
+        for first, values in blocks:
             if writing is not None:
-                writing.result()
-            _describe(dst, model, threshold)
-    return out_raster
+                writing.result()  # in order, and errors surface here
+            writing = pool.submit(dst.write, values, window=Window(0, first, dst.width, values.shape[1]))
+        if writing is not None:
+            writing.result()
 
 
 def _input_bands(src, model) -> list[int]:
@@ -178,7 +300,7 @@ def _check_resolution(src, model) -> None:
     if not 0.5 <= ratio <= 2.0:
         warnings.warn(f"in_raster {src.name}: {abs(src.transform.a):.4g} units per pixel, the model "
                       f"was trained on {trained[0]:.4g} ({ratio:.2f}x): results may be poor. "
-                      "Resample the raster to the training resolution.", stacklevel=3)
+                      "Resample the raster to the training resolution.", stacklevel=4)
 
 
 def _read_rows(src, bands: list[int], rows: np.ndarray, pad: int, strip_w: int):

@@ -103,6 +103,7 @@ class Translation(BandCounts):
     source_files: tuple[Path, ...] = ()  # the model's own files: never written over
     footprint_settings: dict | None = None
     name: str = "model"  # for messages
+    convert_to: str | None = None  # the direction, on models that have two (CycleGAN "a"/"b")
 
     @property
     def is_mask(self) -> bool:
@@ -572,7 +573,10 @@ class TranslationModel:
         fig, axes = plt.subplots(1, len(self.loss_panels), figsize=(5.5 * len(self.loss_panels), 4))
         for ax, (ylabel, curves) in zip(np.atleast_1d(axes), self.loss_panels):
             for key, label in curves:
-                ax.plot(epochs, [r.get(key) for r in self.history], "o-", label=label)
+                values = [r.get(key) for r in self.history]
+                if all(v is None or v != v for v in values):  # never recorded (CycleGAN's identity off)
+                    continue
+                ax.plot(epochs, values, "o-", label=label)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             ax.legend()

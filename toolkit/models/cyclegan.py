@@ -300,9 +300,10 @@ class CycleGAN(TranslationModel):
             raise ValueError(f"convert_to must be 'b' (A -> B) or 'a' (B -> A), got {convert_to!r}.")
         if convert_to == "b":
             return self._translation(lambda x: self._run(self.generator_ab, x), self.input_norm,
-                                     self.target_norm, "model (A -> B)")
+                                     self.target_norm, "model (A -> B)", convert_to="b")
         return self._translation(lambda x: self._run(self.generator_ba, x), self.target_norm,
-                                 self.input_norm, "model (B -> A)", cell_size=self.config.get("cell_size_b"))
+                                 self.input_norm, "model (B -> A)", cell_size=self.config.get("cell_size_b"),
+                                 convert_to="a")
 
     def generate(self, x: np.ndarray, convert_to: str = "b", tta: bool = False) -> np.ndarray:
         """Normalised ``(n, bands, h, w)`` of the source domain in [-1, 1] -> the other domain's
@@ -328,11 +329,14 @@ class CycleGAN(TranslationModel):
 
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                        convert_to: str = "b", padding: int | None = None, batch_size: int = 8,
-                       overwrite: bool = False, progress: bool = True, tta: bool = False) -> Path:
+                       overwrite: bool = False, progress: bool = True, tta: bool = False,
+                       client=None) -> Path:
         """Translate a whole scene of one domain into a georeferenced GeoTIFF of the other
-        (``convert_to`` ``"b"`` or ``"a"``), blended as :func:`toolkit.inference.predict_raster`."""
+        (``convert_to`` ``"b"`` or ``"a"``), blended as :func:`toolkit.inference.predict_raster`;
+        with a ``dask.distributed.Client`` as ``client``, on its workers (save the model first)."""
         return self._predict_raster(self.translation(convert_to), in_raster, out_raster, padding=padding,
-                                    batch_size=batch_size, overwrite=overwrite, progress=progress, tta=tta)
+                                    batch_size=batch_size, overwrite=overwrite, progress=progress, tta=tta,
+                                    client=client)
 
     # --- evaluation --------------------------------------------------------------------------------
 

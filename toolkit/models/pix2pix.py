@@ -219,13 +219,16 @@ class Pix2Pix(TranslationModel):
 
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                        padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
-                       overwrite: bool = False, progress: bool = True, tta: bool = False) -> Path:
+                       overwrite: bool = False, progress: bool = True, tta: bool = False,
+                       client=None) -> Path:
         """Translate a whole scene into a georeferenced GeoTIFF, window by window with Hann-weighted
         blending of overlaps (no seams); ``tta=True`` averages each window over its flips and
-        90-degree rotations first; see :func:`toolkit.inference.predict_raster`."""
+        90-degree rotations first; with a ``dask.distributed.Client`` as ``client``, bands of the
+        scene run on its workers (save the model first); see
+        :func:`toolkit.inference.predict_raster`."""
         return self._predict_raster(self.translation(), in_raster, out_raster, padding=padding,
                                     batch_size=batch_size, threshold=threshold, overwrite=overwrite,
-                                    progress=progress, tta=tta)
+                                    progress=progress, tta=tta, client=client)
 
     # --- evaluation --------------------------------------------------------------------------------
 

@@ -1,0 +1,239 @@
+"""Whole-scene inference on a Dask cluster: :func:`predict_raster_distributed` (what
+``predict_raster(..., client=client)`` runs) and :func:`predict_rasters` (many scenes).
+
+How the work is shared:
+
+- **The model travels by path.** Each task carries the path of the model's saved ``.emd`` or
+  ``.dlpk`` (``model.emd_path``, set by ``save`` and ``load_model``) with its modification time;
+  each worker process loads it once (:func:`worker_translation` caches it by path, time and
+  direction) and checks that the file has not changed since the job began. A model that was
+  never saved is refused with a ``ValueError`` telling to ``save`` it first: workers run the
+  saved weights, so a model trained further after saving must be saved again.
+- **Inputs and outputs are shared paths.** Workers open ``in_raster`` at the same path as the
+  client: a shared file system (or a GDAL-readable object-store path such as ``/vsis3/...``).
+- **One scene, many workers** (:func:`predict_raster_distributed`): the scene is cut into bands
+  of window rows; a worker computes a band's finished output values with
+  :func:`toolkit.inference.predict_rows` (the same code as the single-process pass, starting a
+  few window rows early for the overlaps, so the values are the same) and the client writes
+  them, in row order, into one tiled, compressed GeoTIFF. At most ``2 * workers + 1`` bands are
+  in flight, so the client holds a bounded number of bands whatever the scene's size.
+- **Many scenes** (:func:`predict_rasters`): one task per scene; the worker writes its output
+  itself (the output folder must be shared and writable by the workers).
+- **Failures.** A task that raises is re-run up to ``retries`` times (Dask's ``retries=``); a
+  worker that dies has its tasks re-run elsewhere (Dask's ``allowed-failures``). Outputs are
+  written under a temporary name and moved into place when complete, so a job that fails for
+  good leaves nothing under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from toolkit._fs import atomic_file, check_not_input, check_output_file
+from toolkit.inference import (RowOptions, Scene, WindowGrid, _describe, as_translation,
+                               check_settings, predict_raster, predict_rows, write_in_order)
+from toolkit.raster import is_toolkit_raster, open_raster, streaming_env
+
+__all__ = ["ModelRef", "predict_raster_distributed", "predict_rasters", "worker_translation"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to load a model: the saved ``.emd``/``.dlpk`` path, its modification
+    time when the job began (nanoseconds) and the direction (``None``, or CycleGAN's ``"a"``/``"b"``)."""
+
+    path: str
+    mtime_ns: int
+    convert_to: str | None = None
+
+    @classmethod
+    def of(cls, translation) -> ModelRef:
+        """The saved files of ``translation`` (one direction of a model); ``ValueError`` when
+        the model was never saved or loaded."""
+        if not translation.source_files:
+            raise ValueError(f"the {translation.name} has no saved files: Dask workers load the model "
+                             "from its .emd or .dlpk. Save it first (model.save('name')), or load a "
+                             "saved one (toolkit.load_model), then predict again.")
+        path = Path(translation.source_files[0]).resolve()
+        return cls(str(path), path.stat().st_mtime_ns, translation.convert_to)
+
+
+_MODELS: dict[ModelRef, object] = {}  # per worker process: one loaded model per ModelRef
+_MODELS_LOCK = threading.Lock()
+
+
+def worker_translation(ref: ModelRef):
+    """The :class:`toolkit.models.Translation` of ``ref``, loaded once per process and kept;
+    ``RuntimeError`` naming the file when it changed since the job began."""
+    mtime = Path(ref.path).stat().st_mtime_ns
+    if mtime != ref.mtime_ns:
+        raise RuntimeError(f"model {ref.path} changed since this prediction began; run it again.")
+    with _MODELS_LOCK:
+        if ref not in _MODELS:
+            from toolkit.models.base import load_model
+
+            _MODELS.clear()  # one model per worker process at a time
+            model = load_model(ref.path)
+            _MODELS[ref] = model.translation(**({"convert_to": ref.convert_to} if ref.convert_to else {}))
+        return _MODELS[ref]
+
+
+def predict_band(ref: ModelRef, in_raster: str, scene: Scene, k0: int, k1: int,
+                 options: RowOptions) -> tuple[int, np.ndarray]:
+    """A worker's task: window rows ``k0 .. k1`` of ``in_raster`` with the model of ``ref``;
+    ``(first_row, values)``, values ``(bands_out, rows, width)`` as the output stores them
+    (rows ``scene.grid.band_rows(k0, k1)``, possibly none)."""
+    model = worker_translation(ref)
+    first, last = scene.grid.band_rows(k0, k1)
+    dtype = scene.profile["dtype"]
+    with streaming_env(), open_raster(in_raster, "in_raster") as src:
+        blocks = [values for _, values in predict_rows(model, src, scene, k0, k1, options)]
+    values = np.concatenate(blocks, axis=1) if blocks else np.empty(
+        (scene.profile["count"], 0, scene.grid.width), dtype)
+    if values.shape[1] != last - first:
+        raise RuntimeError(f"in_raster {in_raster}: band {k0}..{k1} gave {values.shape[1]} rows, "
+                           f"expected {last - first}.")
+    return first, values
+
+
+def band_starts(grid: WindowGrid, band_rows: int | None, n_workers: int) -> list[tuple[int, int]]:
+    """Window-row ranges ``(k0, k1)`` covering ``0 .. grid.ny``: ``band_rows`` window rows each,
+    by default about four bands per worker and at most ~1024 raster rows a band."""
+    if band_rows is None:
+        band_rows = min(-(-grid.ny // (4 * max(n_workers, 1))), max(1, 1024 // grid.stride_h))
+    if band_rows < 1:
+        raise ValueError(f"band_rows must be at least 1, got {band_rows}.")
+    return [(k, min(k + band_rows, grid.ny)) for k in range(0, grid.ny, band_rows)]
+
+
+def _n_workers(client) -> int:
+    """Workers the cluster has now (at least 1)."""
+    return len(client.nthreads()) or 1
+
+
+def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: Path, *, client,
+                               pad: int, options: RowOptions, band_rows: int | None = None,
+                               timeout: float | None = 3600.0, retries: int = 2,
+                               progress: bool = True) -> Path:
+    """:func:`toolkit.inference.predict_raster` with ``client`` (its arguments already checked):
+    bands of window rows run on the cluster's workers, the client writes them in row order.
+
+    Args:
+        model: one direction of a saved model (a :class:`toolkit.models.Translation` whose
+            ``source_files`` name its ``.emd``/``.dlpk``).
+        pad: padding in pixels; options: batch size, test-time augmentation, threshold.
+        band_rows: window rows per task (default: see :func:`band_starts`).
+        timeout: longest wait for any one band, in seconds (``None``: no limit); then
+            ``TimeoutError`` and no output.
+        retries: re-runs of a band whose task raised.
+
+    Returns:
+        ``out_raster``, complete; on any failure nothing is left under that name.
+    """
+    from tqdm.auto import tqdm
+
+    ref = ModelRef.of(model)
+    with streaming_env(), open_raster(in_raster, "in_raster") as src:
+        scene = Scene.of(src, model, pad, options.threshold)
+    bands = band_starts(scene.grid, band_rows, _n_workers(client))
+    job = uuid.uuid4().hex[:8]
+
+    def submit(k0: int, k1: int):
+        return client.submit(predict_band, ref, str(in_raster), scene, k0, k1, options, retries=retries,
+                             pure=False, key=f"predict-band-{job}-{k0}")
+
+    def results():
+        """Band results in order, with at most ``2 * workers + 1`` in flight."""
+        todo, pending = iter(bands), deque()
+        limit = 2 * _n_workers(client) + 1
+        try:
+            for k0, k1 in todo:
+                pending.append(submit(k0, k1))
+                if len(pending) >= limit:
+                    yield pending.popleft().result(timeout=timeout)
+            while pending:
+                yield pending.popleft().result(timeout=timeout)
+        finally:
+            client.cancel(list(pending))
+
+    blocks = (block for block in tqdm(results(), total=len(bands), desc="Predicting", unit="band",
+                                      disable=not progress, leave=False) if block[1].shape[1])
+    with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **scene.profile) as dst:
+        write_in_order(dst, blocks)
+        _describe(dst, model, options.threshold)
+    return out_raster
+
+
+def predict_scene(ref: ModelRef, in_raster: str, out_raster: str, pad: int, options: RowOptions,
+                  overwrite: bool) -> str:
+    """A worker's task: one whole scene into ``out_raster`` (written by the worker, atomically)."""
+    predict_raster(worker_translation(ref), in_raster, out_raster, padding=pad,
+                   batch_size=options.batch_size, threshold=options.threshold, tta=options.tta,
+                   overwrite=overwrite, progress=False)
+    return out_raster
+
+
+def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client,
+                    convert_to: str | None = None, padding: int | None = None, batch_size: int = 8,
+                    threshold: float | None = None, overwrite: bool = False, tta: bool = False,
+                    timeout: float | None = None, retries: int = 2) -> list[Path]:
+    """Predict many scenes at once, one Dask task per scene: ``<out_folder>/<scene stem>.tif``.
+
+    Args:
+        model: a saved (or loaded) :class:`toolkit.Pix2Pix` / :class:`toolkit.CycleGAN`, or one
+            direction of one; the workers load its ``.emd``/``.dlpk``.
+        in_rasters: the scenes, at paths the workers can read; their file stems must differ.
+        out_folder: where the outputs go; must be a folder the workers can write (shared).
+        client: a ``dask.distributed.Client``.
+        convert_to, padding, batch_size, threshold, overwrite, tta: as
+            :func:`toolkit.inference.predict_raster`, for every scene.
+        timeout: longest wait for the whole job, in seconds (``None``: no limit).
+        retries: re-runs of a scene whose task raised.
+
+    Returns:
+        The output paths, in the order of ``in_rasters``. When a scene fails for good, the
+        other tasks are cancelled and the error names the scene; outputs already complete stay,
+        and a failed scene leaves nothing under its output name.
+    """
+    from distributed import as_completed
+
+    translation = as_translation(model, convert_to)
+    pad = check_settings(translation, padding, threshold)
+    options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
+    ref = ModelRef.of(translation)
+    in_rasters = [Path(p) for p in in_rasters]
+    outs = _scene_outputs(in_rasters, Path(out_folder), translation, overwrite)
+    futures = {client.submit(predict_scene, ref, str(i), str(o), pad, options, overwrite,
+                             retries=retries, pure=False): i for i, o in zip(in_rasters, outs)}
+    try:
+        for future in as_completed(futures, timeout=timeout):
+            if future.status == "error":
+                raise RuntimeError(f"in_raster {futures[future]}: prediction failed on the cluster: "
+                                   f"{future.exception()!r}") from future.exception()
+    finally:
+        client.cancel(list(futures))
+    return outs
+
+
+def _scene_outputs(in_rasters: list[Path], out_folder: Path, translation, overwrite: bool) -> list[Path]:
+    """``<out_folder>/<stem>.tif`` per scene, checked before any work: distinct, not inputs,
+    writable under ``overwrite``."""
+    stems = [p.stem for p in in_rasters]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise ValueError(f"in_rasters: several scenes are named {repeated}; their outputs in "
+                         f"{out_folder} would collide: rename them.")
+    outs = [out_folder / f"{stem}.tif" for stem in stems]
+    for out in outs:
+        check_not_input(out, [*in_rasters, *translation.source_files], role="output")
+        check_output_file(out, overwrite=overwrite, role="output", owned=is_toolkit_raster,
+                          what="a prediction")
+    return outs
