@@ -1,0 +1,217 @@
+"""The ``toolkit`` command: the Python API's workflow from a shell, for scripts and schedulers.
+
+    toolkit export SCENE.tif CHIPS --in-class-data footprints.geojson --tile-size 256 --contour-width 2
+    toolkit train CHIPS --model pix2pix --epochs 20 --out models/buildings
+    toolkit predict models/buildings/buildings.dlpk SCENE.tif prediction.tif
+    toolkit vectorize prediction.tif footprints.gpkg
+    toolkit info CHIPS            # or a saved model (.emd, folder, .dlpk)
+
+Also ``python -m toolkit``. Options carry the Python API's names (``--tile-size`` is
+``tile_size``). Each command calls the same function a notebook calls; nothing here re-implements
+it. Errors print as one line, ``toolkit: error: ...`` (the traceback with ``--debug``).
+
+Exit codes: 0 done; 1 the work failed (bad input, a refused overwrite...: the message says
+which file and why); 2 the command line itself is wrong (argparse's usage error); 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """``256`` or ``256,128`` (width,height)."""
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"expected N or WIDTH,HEIGHT, got {text!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("export", help="rasters (+ vectors) -> an Esri chip folder",
+                            description="export_training_data: cut IN_RASTER into training chips in Esri's layout.")
+    p.add_argument("in_raster")
+    p.add_argument("out_folder")
+    p.add_argument("--additional-input-raster", help="the paired target raster (Export_Tiles), or domain B (CycleGAN)")
+    p.add_argument("--in-class-data", help="polygons or a class raster (Classified_Tiles)")
+    p.add_argument("--metadata-format", choices=["Export_Tiles", "Classified_Tiles", "CycleGAN"])
+    p.add_argument("--tile-size", type=_size, default=256)
+    p.add_argument("--stride", type=_size)
+    p.add_argument("--class-value-field")
+    p.add_argument("--contour-width", type=int, default=0)
+    p.add_argument("--resize-to", type=_size)
+    p.add_argument("--image-format", choices=["tif", "png"], default="tif")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the toolkit")
+
+    p = commands.add_parser("train", help="train a model on a chip folder and save it",
+                            description="prepare_data + Pix2Pix/CycleGAN + fit + save.")
+    p.add_argument("chips")
+    p.add_argument("--model", choices=["pix2pix", "cyclegan"], default="pix2pix")
+    p.add_argument("--out", required=True, help="folder to save the model in (its name names the files)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-4)")
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--ndf", type=int, default=64)
+    p.add_argument("--gen-blocks", type=int, default=9, help="CycleGAN: residual blocks per generator")
+    p.add_argument("--chip-size", type=_size, help="crop chips to this size")
+    p.add_argument("--val-split-pct", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--schedule", choices=["linear"], help="constant, then linear decay (else one-cycle)")
+    p.add_argument("--class-balance", action="store_true", help="Pix2Pix on class masks: balanced L1")
+    p.add_argument("--working-dir", help="checkpoints folder (default: beside --out)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model the toolkit saved at --out")
+
+    p = commands.add_parser("predict", help="a saved model over a whole scene -> GeoTIFF",
+                            description="predict_raster with a saved model (.emd, folder or .dlpk).")
+    p.add_argument("model")
+    p.add_argument("in_raster")
+    p.add_argument("out_raster")
+    p.add_argument("--convert-to", choices=["a", "b"], help="CycleGAN: the direction (default b)")
+    p.add_argument("--padding", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold", type=float, help="mask models: write a class raster")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")
+    p.add_argument("--scheduler", help="a Dask scheduler address: run on that cluster")
+    p.add_argument("--workers", type=int, help="run on a local Dask cluster of this many processes")
+    p.add_argument("--overwrite", action="store_true", help="replace a prediction the toolkit wrote")
+
+    p = commands.add_parser("vectorize", help="a footprint prediction -> polygons (GeoPackage)",
+                            description="vectorize + write_vector; settings default to the prediction's tags.")
+    p.add_argument("in_raster")
+    p.add_argument("out_gpkg")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--boundary-threshold", type=float)
+    p.add_argument("--min-area", type=float)
+    p.add_argument("--simplify-tolerance", type=float, default=0.0)
+    p.add_argument("--regularize", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a GeoPackage the toolkit wrote")
+
+    p = commands.add_parser("info", help="what a chip folder or a saved model holds (JSON)")
+    p.add_argument("path")
+    return parser
+
+
+# --- the commands: each one call of the Python API ------------------------------------------------
+
+
+def _export(args) -> dict:
+    from toolkit import export_training_data
+
+    summary = export_training_data(
+        args.in_raster, args.out_folder, additional_input_raster=args.additional_input_raster,
+        in_class_data=args.in_class_data, metadata_format=args.metadata_format, tile_size=args.tile_size,
+        stride=args.stride, class_value_field=args.class_value_field, contour_width=args.contour_width,
+        resize_to=args.resize_to, image_format=args.image_format, overwrite=args.overwrite, progress=True)
+    return {"out_folder": str(summary.out_folder), "metadata_format": summary.metadata_format,
+            "chips": summary.num_chips, "chips_b": summary.num_chips_b, "skipped": summary.skipped}
+
+
+def _train(args) -> dict:
+    from toolkit import CycleGAN, Pix2Pix, prepare_data
+
+    out = Path(args.out)
+    dataset_type = "CycleGAN" if args.model == "cyclegan" else None
+    data = prepare_data(args.chips, batch_size=args.batch_size, val_split_pct=args.val_split_pct,
+                        seed=args.seed, dataset_type=dataset_type, chip_size=args.chip_size)
+    working_dir = args.working_dir or out.parent / f"{out.name}_work"
+    if args.model == "cyclegan":
+        model = CycleGAN(data, ngf=args.ngf, ndf=args.ndf, gen_blocks=args.gen_blocks, working_dir=working_dir)
+    else:
+        model = Pix2Pix(data, ngf=args.ngf, ndf=args.ndf, class_balance=args.class_balance,
+                        working_dir=working_dir)
+    print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
+    model.fit(args.epochs, lr=args.lr, schedule=args.schedule)
+    emd = model.save(out, overwrite=args.overwrite)
+    return {"emd": str(emd), "dlpk": str(emd.with_suffix(".dlpk")), "metrics": model.metrics}
+
+
+def _predict(args) -> dict:
+    from toolkit import load_model
+
+    if args.scheduler and args.workers:
+        raise ValueError("give --scheduler or --workers, not both.")
+    model = load_model(args.model)
+    kwargs = dict(padding=args.padding, batch_size=args.batch_size, overwrite=args.overwrite, tta=args.tta)
+    if args.convert_to is not None:
+        kwargs["convert_to"] = args.convert_to
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
+    if args.scheduler or args.workers:
+        from distributed import Client, LocalCluster
+
+        if args.scheduler:
+            with Client(args.scheduler) as client:
+                out = model.predict_raster(args.in_raster, args.out_raster, client=client, **kwargs)
+        else:
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                out = model.predict_raster(args.in_raster, args.out_raster, client=client, **kwargs)
+    else:
+        out = model.predict_raster(args.in_raster, args.out_raster, **kwargs)
+    return {"out_raster": str(out)}
+
+
+def _vectorize(args) -> dict:
+    from toolkit import vectorize, write_vector
+
+    settings = {k: getattr(args, k) for k in ("threshold", "boundary_threshold", "min_area")
+                if getattr(args, k) is not None}
+    polygons = vectorize(args.in_raster, simplify_tolerance=args.simplify_tolerance,
+                         regularize=args.regularize, **settings)
+    out = write_vector(polygons, args.out_gpkg, overwrite=args.overwrite)
+    return {"out_gpkg": str(out), "polygons": len(polygons), "crs": str(polygons.crs)}
+
+
+def _info(args) -> dict:
+    path = Path(args.path)
+    if path.suffix.lower() in (".emd", ".dlpk") or (path.is_dir() and any(path.glob("*.emd"))
+                                                    and not (path / "esri_model_definition.emd").exists()):
+        from toolkit.models.model_folder import read_model_folder
+
+        emd, _, emd_path = read_model_folder(path)
+        toolkit = emd["Toolkit"]
+        return {"model": str(emd_path), "model_type": emd["ModelType"], "config": toolkit["config"],
+                "metrics": toolkit.get("metrics", {}), "epochs_trained": len(toolkit.get("history", []))}
+    from toolkit import prepare_data
+
+    data = prepare_data(path, num_workers=0)
+    return {"chips": str(path), "dataset_type": data.dataset_type, "summary": repr(data),
+            "bands_in": data.n_bands_in, "bands_out": data.n_bands_out, "chip_size": data.chip_size,
+            "cell_size": data.cell_size, "train_chips": len(data.train_ds), "valid_chips": len(data.valid_ds)}
+
+
+COMMANDS = {"export": _export, "train": _train, "predict": _predict, "vectorize": _vectorize, "info": _info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code. The
+    result is printed to stdout as one JSON object, so scripts can read it."""
+    args = _parser().parse_args(argv)  # exits 2 with the usage on a wrong command line
+    try:
+        result = COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("toolkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # one clear line, not a traceback, unless asked for
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"toolkit: error: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, default=str))
+    return 0
