@@ -23,8 +23,7 @@ import numpy as np
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_loading import build_folder  # noqa: E402
-from predict_raster import mosaic, train_model  # noqa: E402
+from predict_raster import scene_and_model  # noqa: E402
 
 
 def main(size: int, ngf: int, repeat: int) -> None:
@@ -34,16 +33,9 @@ def main(size: int, ngf: int, repeat: int) -> None:
     from toolkit import load_model
 
     torch.set_num_threads(1)
-    tmp = Path(tempfile.gettempdir())
-    folder = tmp / "toolkit_bench_5000"
-    if not (folder / "map.txt").is_file():
-        build_folder(folder)
-    raster = tmp / f"toolkit_bench_mosaic_{size}.tif"
-    if not raster.is_file():
-        mosaic(size, raster)
-    emd = train_model(ngf, folder, tmp / f"toolkit_bench_dask_model_ngf{ngf}")
+    raster, emd = scene_and_model(size, ngf, "toolkit_bench_dask_model")
     model = load_model(emd)
-    out = tmp / "toolkit_bench_dask_prediction.tif"
+    out = Path(tempfile.gettempdir()) / "toolkit_bench_dask_prediction.tif"
 
     def timed(**kwargs) -> float:
         start = time.perf_counter()
@@ -76,7 +68,7 @@ def main(size: int, ngf: int, repeat: int) -> None:
     base = np.median(times["single process"])
     print(f"{size} x {size} x 3 px, {windows} windows of 256 px (padding 64), ngf {ngf}, "
           f"{repeat} alternating runs each, 1 thread per process; output {out_mb:.0f} MB")
-    print(f"| run | median s (runs) | Mpx/s | per window ms | speed-up over single process |")
+    print("| run | median s (runs) | Mpx/s | per window ms | speed-up over single process |")
     for name, ts in times.items():
         t = np.median(ts)
         print(f"| {name} | {t:.1f} ({', '.join(f'{x:.1f}' for x in sorted(ts))}) | "

@@ -75,7 +75,7 @@ def train_model(ngf: int, folder: Path, out: Path) -> Path:
     data.train.n = 64  # one short epoch: the benchmark is about inference
     model = Pix2Pix(data, ngf=ngf, ndf=ngf)
     model.fit(1, checkpoint=False)
-    return model.save(out, compute_metrics=False)
+    return model.save(out, compute_metrics=False, overwrite=True)  # the last run's model
 
 
 def run(mode, emd, raster, out, n_windows) -> dict:
@@ -86,7 +86,9 @@ def run(mode, emd, raster, out, n_windows) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(size: int, ngf: int, repeat: int) -> None:
+def scene_and_model(size: int, ngf: int, model_name: str = "toolkit_bench_model") -> tuple[Path, Path]:
+    """The benchmark's mosaic of ``size`` px (made once, in the temporary folder) and a freshly
+    trained model's .emd (``<tmp>/<model_name>_ngf<ngf>``); dask_inference.py uses the same."""
     tmp = Path(tempfile.gettempdir())
     folder = tmp / "toolkit_bench_5000"
     if not (folder / "map.txt").is_file():
@@ -94,7 +96,12 @@ def main(size: int, ngf: int, repeat: int) -> None:
     raster = tmp / f"toolkit_bench_mosaic_{size}.tif"
     if not raster.is_file():
         mosaic(size, raster)
-    emd = train_model(ngf, folder, tmp / f"toolkit_bench_model_ngf{ngf}")
+    return raster, train_model(ngf, folder, tmp / f"{model_name}_ngf{ngf}")
+
+
+def main(size: int, ngf: int, repeat: int) -> None:
+    tmp = Path(tempfile.gettempdir())
+    raster, emd = scene_and_model(size, ngf)
     stride, pad = 128, 64
     n = math.ceil((size + 2 * pad - 256) / stride) + 1
     # Runs on this machine vary by 10-25%: alternate the two, several times, and compare medians.
