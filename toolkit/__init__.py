@@ -27,6 +27,7 @@ _EXPORTS = {
     "write_vector": "toolkit.vector",
     "metrics": "toolkit.metrics",
     "datasets": "toolkit.datasets",
+    "ddp": "toolkit.ddp",
 }
 
 __all__ = sorted(_EXPORTS)

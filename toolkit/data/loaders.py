@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from toolkit import esri, viz
 from toolkit._fastai import quiet_import
 from toolkit._args import size_pair
+from toolkit.ddp import local_device
 from toolkit.data.dataset import ChipPairDataset, read_image, read_pair
 from toolkit.data.layouts import (CLASSIFIED_TILES, ChipFolder, ChipPair, index_folder, index_unpaired,
                                   unpaired_layout)
@@ -22,7 +23,6 @@ from toolkit.stats import BandStatistics
 
 with quiet_import():
     from fastai.data.core import DataLoaders, TfmdDL
-    from fastai.torch_core import default_device
 
 if TYPE_CHECKING:
     from toolkit.data.unpaired import UnpairedDataLoaders
@@ -262,7 +262,7 @@ def loaders(train_ds, valid_ds, *, batch_size: int, num_workers: int | None, tra
     A list of ``transforms`` becomes batch transforms (fastai skips them on validation)."""
     batch_tfms = list(transforms) if transforms not in (None, False) else []
     workers = default_num_workers() if num_workers is None else num_workers
-    device = default_device()
+    device = local_device()  # under torchrun with GPUs: this process's own GPU
     train_dl = TfmdDL(train_ds, bs=batch_size, shuffle=True, num_workers=workers,
                       after_batch=batch_tfms, device=device)
     valid_dl = TfmdDL(valid_ds, bs=batch_size, shuffle=False, num_workers=workers,

@@ -231,6 +231,7 @@ class Checkpoint(Callback):
             ``learn.scaler``; enabled ones are saved and restored.
         patience: stop after this many epochs without improvement; ``None`` never.
         resume: the checkpoint the fit resumes from; training starts at its epoch + 1.
+        verbose: say when early stopping stops the fit.
     """
 
     order = 65  # after History (61), which records the epoch
@@ -238,7 +239,8 @@ class Checkpoint(Callback):
     def __init__(self, folder: Path | None, name: str, fit_id: str, monitor: str,
                  state: Callable[[], dict], restore_best: Callable[[dict], None], *,
                  scalers: dict[str, Callable] | None = None, patience: int | None = None,
-                 resume: dict | None = None) -> None:
+                 resume: dict | None = None, verbose: bool = True) -> None:
+        self.verbose = verbose
         self.folder = Path(folder) if folder is not None else None
         self.stem, self.fit_id, self.monitor = name, fit_id, monitor
         self.state, self.restore_best = state, restore_best
@@ -310,7 +312,8 @@ class Checkpoint(Callback):
             if improved:
                 self._save(state, self.best_path)
         if stop:
-            print(f"No improvement in {self.monitor} since epoch {self.best_epoch}: early stopping")
+            if self.verbose:
+                print(f"No improvement in {self.monitor} since epoch {self.best_epoch}: early stopping")
             raise CancelFitException()
 
     def after_fit(self) -> None:

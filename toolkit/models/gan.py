@@ -56,6 +56,8 @@ class DiscriminatorStep(Callback):
         self.d_opt = torch.optim.Adam([p for d in nets for p in d.parameters()], lr=lr, betas=betas)
         self.d_scaler: torch.amp.GradScaler | None = None
         self.l1_only = False  # lr_find and plain-L1 baselines: the reconstruction terms alone
+        # set by toolkit.ddp.DataParallel: averages the discriminators' gradients over the ranks
+        self.grad_sync = None
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
         self.epoch_losses: dict[str, float] = {k: float("nan") for k in self.loss_names}
@@ -103,15 +105,21 @@ class DiscriminatorStep(Callback):
             loss = loss_fn()
             if self.d_scaler is not None:
                 self.d_scaler.scale(loss).backward()
+                self._sync_grads()
                 self.d_scaler.step(self.d_opt)
                 self.d_scaler.update()
             else:
                 loss.backward()
+                self._sync_grads()
                 self.d_opt.step()
         finally:
             for d in self.discriminators:
                 d.requires_grad_(False)  # frozen for the G step that follows
         return loss
+
+    def _sync_grads(self) -> None:
+        if self.grad_sync is not None:  # scaled gradients average alike; an inf reaches every rank
+            self.grad_sync([p for group in self.d_opt.param_groups for p in group["params"]])
 
     def after_batch(self) -> None:
         if self.training:

@@ -1,0 +1,80 @@
+"""The training script tests/test_ddp.py starts under torchrun (not a test module itself).
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py \
+        MODEL CHIPS OUT [--crash-at STEP]
+
+MODEL is ``pix2pix`` or ``cyclegan``. Each rank trains a tiny model on CHIPS for 2 epochs with
+the plain Python API (``fit`` finds torchrun by itself), and writes ``OUT/rank<r>.json``: per
+optimizer step, a digest of every network's parameters (generators and discriminators) and of
+the batch it trained on, and per epoch the chips of its shard. Then ``save`` writes the model to
+``OUT/model`` (rank 0 alone). With ``--crash-at STEP``, rank 1 raises at that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback
+
+from toolkit import CycleGAN, Pix2Pix, ddp, prepare_data
+
+
+class StepDigests(Callback):
+    """After each step (both the G and the D step, order after the trainers'), the parameters'
+    digest by network, and the digest of the batch."""
+
+    order = 90
+
+    def __init__(self, model, crash_at: int | None) -> None:
+        self.model, self.crash_at = model, crash_at
+        self.steps: list[dict] = []
+        self.shards: list[list[int]] = []
+
+    def before_train(self) -> None:
+        self.shards.append(self.learn.dl.shuffle_fn.indices())
+
+    def after_step(self) -> None:
+        step = len(self.steps)
+        if self.crash_at is not None and step == self.crash_at and torch.distributed.get_rank() == 1:
+            raise RuntimeError(f"injected failure on rank 1 at step {step}")
+        digests = {}
+        for name, net in self.model.networks.items():
+            h = hashlib.sha1()
+            for p in net.parameters():
+                h.update(p.detach().cpu().numpy().tobytes())
+            digests[name] = h.hexdigest()
+        batch = hashlib.sha1(self.xb[0].detach().cpu().numpy().tobytes()).hexdigest()
+        self.steps.append({"params": digests, "batch": batch})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", choices=["pix2pix", "cyclegan"])
+    parser.add_argument("chips")
+    parser.add_argument("out")
+    parser.add_argument("--crash-at", type=int)
+    args = parser.parse_args()
+    out = Path(args.out)
+    torch.manual_seed(0)
+    if args.model == "cyclegan":
+        data = prepare_data(args.chips, dataset_type="CycleGAN", batch_size=2, num_workers=0)
+        model = CycleGAN(data, ngf=8, ndf=8, gen_blocks=1, working_dir=out / "work")
+    else:
+        data = prepare_data(args.chips, batch_size=2, num_workers=0)
+        model = Pix2Pix(data, ngf=8, ndf=8, working_dir=out / "work")
+    digests = StepDigests(model, args.crash_at)
+    model.fit(2, callbacks=[digests])
+    emd = model.save(out / "model", compute_metrics=False)
+    record = {"rank": torch.distributed.get_rank(), "world_size": ddp.world_size(), "steps": digests.steps,
+              "shards": digests.shards, "n_train": len(data.train_ds), "emd": str(emd),
+              "history": model.history}
+    (out / f"rank{record['rank']}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
