@@ -265,7 +265,7 @@ def test_resize_scales_the_transform_and_rasterizes_on_the_new_grid(atlanta, tmp
 
 
 def test_png_chips_with_world_files(atlanta, rotterdam, tmp_path):
-    summary = export_training_data(atlanta["image"], tmp_path / "png", tile_size=450, image_format="png",
+    summary = export_training_data(atlanta["image"], tmp_path / "png", tile_size=450, image_chip_format="PNG",
                                    progress=False)
     with rasterio.open(atlanta["image"]) as src:
         for path, window in zip(summary.images, windows(900, 450, 450)):
@@ -276,7 +276,7 @@ def test_png_chips_with_world_files(atlanta, rotterdam, tmp_path):
             assert esri.read_world_file(path.with_suffix(".pgw")).almost_equals(transform)
     with pytest.raises(ValueError, match="PNG"):
         export_training_data(rotterdam["multispectral_1"], tmp_path / "float_png", tile_size=100,
-                             image_format="png", progress=False)
+                             image_chip_format="PNG", progress=False)
     assert not (tmp_path / "float_png").exists()
 
 

@@ -4,9 +4,10 @@ One place for the names, line formats and JSON keys of that layout, used by the 
 writes it and the readers that load it::
 
     <export folder>/
-      images/000000000.tif   (+ .tfw world file; PNG chips: .pgw)
+      images/000000000.tif   (+ .tfw world file; PNG chips: .pgw, JPEG chips: .jpg + .jgw)
       images2/000000000.tif  Export_Tiles with an additional input raster (pix2pix target)
       labels/000000000.tif   Classified_Tiles: single-band class values of the same chip
+                             (PNG when the images are JPEG: class values must stay exact)
       map.txt                one line per chip, Windows separators, CRLF
       esri_accumulated_stats.json, esri_model_definition.emd, stats.txt
 
@@ -21,6 +22,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from affine import Affine
 
@@ -38,11 +40,43 @@ CYCLEGAN = "CycleGAN"
 METADATA_FORMATS = (EXPORT_TILES, CLASSIFIED_TILES, CYCLEGAN)
 DOMAIN_FOLDERS = ("A", "B")  # CycleGAN: one export folder per raster
 
-# image_format -> (file extension, GDAL driver, world file extension)
-IMAGE_FORMATS = {
-    "tif": (".tif", "GTiff", ".tfw"),
-    "png": (".png", "PNG", ".pgw"),
+
+class ChipFormat(NamedTuple):
+    """A raster format of exported chips: Pro's ``image_chip_format`` value, the file extension,
+    the GDAL driver and the world-file extension written beside each chip."""
+
+    name: str
+    extension: str
+    driver: str
+    world_extension: str
+
+
+# Pro's image_chip_format values (MRF, the fourth, is not written here).
+CHIP_FORMATS = {
+    "TIFF": ChipFormat("TIFF", ".tif", "GTiff", ".tfw"),
+    "PNG": ChipFormat("PNG", ".png", "PNG", ".pgw"),  # georeference also in .png.aux.xml
+    "JPEG": ChipFormat("JPEG", ".jpg", "JPEG", ".jgw"),  # georeference also in .jpg.aux.xml
 }
+_CHIP_FORMAT_NAMES = {"tiff": "TIFF", "tif": "TIFF", "png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
+
+
+def chip_format(name: str) -> ChipFormat:
+    """The chip format named by Pro's ``image_chip_format`` value (``"TIFF"``, ``"PNG"``,
+    ``"JPEG"``), or by an extension (``"tif"``, ``"png"``, ``"jpg"``), case-insensitively."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key == "mrf":
+        raise ValueError("image_chip_format='MRF' (Esri's Meta Raster Format) is not supported: "
+                         "choose 'TIFF', 'PNG' or 'JPEG'.")
+    if key not in _CHIP_FORMAT_NAMES:
+        raise ValueError(f"image_chip_format must be 'TIFF', 'PNG' or 'JPEG' (or 'tif', 'png', "
+                         f"'jpg'), got {name!r}.")
+    return CHIP_FORMATS[_CHIP_FORMAT_NAMES[key]]
+
+
+def label_chip_format(image_format: ChipFormat) -> ChipFormat:
+    """The format of the class-value chips (``labels/``) of an export in ``image_format``: the
+    same, except that JPEG, being lossy, would alter class values, so those labels are PNG."""
+    return CHIP_FORMATS["PNG"] if image_format.name == "JPEG" else image_format
 
 # The band names ArcGIS lists in every exported .emd (usable in ExtractBands).
 WELL_KNOWN_BAND_NAMES = [
@@ -54,7 +88,8 @@ WELL_KNOWN_BAND_NAMES = [
 
 
 def chip_name(index: int, extension: str) -> str:
-    """Esri's chip name: a 9-digit zero-padded counter from 0, e.g. ``000000042.tif``."""
+    """Esri's chip name: a 9-digit zero-padded counter, e.g. ``000000042.tif``; exports count
+    from 0, or from their ``start_index``."""
     return f"{index:09d}{extension}"
 
 
@@ -63,10 +98,11 @@ def world_file_path(chip: str | os.PathLike, world_extension: str) -> Path:
 
 
 def write_world_file(path: str | os.PathLike, transform: Affine) -> None:
-    """Write an ESRI world file: A, D, B, E, then the centre of the upper-left pixel."""
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    """Write an ESRI world file: A, D, B, E, then the centre of the upper-left pixel. B and D,
+    the rotation terms, are non-zero for chips on a turned grid."""
     centre_x, centre_y = transform @ (0.5, 0.5)
-    lines = [a, d, b, e, centre_x, centre_y]
+    values = (transform.a, transform.d, transform.b, transform.e, centre_x, centre_y)
+    lines = [v + 0.0 for v in values]  # + 0.0: no "-0.0" terms
     Path(path).write_text("".join(f"{v!r}\n" for v in lines))
 
 

@@ -3,13 +3,20 @@
 :func:`export_training_data` cuts a raster into chips on a regular grid and writes them, with the
 matching chips of a second raster (``images2/``, the pix2pix target) or a class mask rasterized
 from polygons (``labels/``), in Esri's layout (see :mod:`toolkit.esri`). Each chip is a GeoTIFF
-(or PNG) carrying the CRS and the transform of its window, plus a world file. For CycleGAN the
-two rasters need not overlap: each is cut on its own grid into its own folder (``A/``, ``B/``).
+(or PNG, or JPEG) carrying the CRS and the transform of its window, plus a world file. For
+CycleGAN the two rasters need not overlap: each is cut on its own grid into its own folder
+(``A/``, ``B/``).
+
+The options of Pro's tool keep Pro's names: ``image_chip_format``, ``start_index``,
+``in_mask_polygons`` (only chips that fall completely within the polygons),
+``buffer_radius`` (point features become circles) and ``rotation_angle`` (each window is also
+exported turned by multiples of the angle, georeferenced on the turned grid).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -25,6 +32,7 @@ import rasterio.features
 import shapely
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.warp import reproject
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
@@ -35,7 +43,7 @@ from toolkit.raster import (AlignedReader, Grid, bounds_overlap, open_raster, pi
                             streaming_env, write_raster)
 from toolkit.stats import BandStatistics, band_validity
 
-__all__ = ["ExportSummary", "export_training_data", "tile_offsets"]
+__all__ = ["ExportSummary", "export_training_data", "rotate_about_centre", "tile_offsets"]
 
 _VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".zip"}
 _RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".mrf"}
@@ -43,6 +51,7 @@ _RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2", ".png", ".jpg", ".j
 _PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
             [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
 _PNG_DTYPES = {np.dtype("uint8"), np.dtype("uint16")}
+_JPEG_BANDS = (1, 3)
 EXPORT_KIND = "export_training_data"  # the manifest kind of export folders (see toolkit._fs)
 
 
@@ -58,7 +67,8 @@ class ExportSummary:
     images2: list[Path] = field(default_factory=list)  # the paired targets; CycleGAN: B/images/
     labels: list[Path] = field(default_factory=list)
     classes: list[dict] = field(default_factory=list)  # [{"Value", "Name", "Color"}]
-    skipped: int = 0  # tiles left out: all nodata, below min_valid_fraction, or without features
+    skipped: int = 0  # chips left out: all nodata, below min_valid_fraction, without features,
+    # or not completely within in_mask_polygons
     num_chips_b: int | None = None  # CycleGAN: chips of domain B (``num_chips`` counts A's)
 
     def __repr__(self) -> str:
@@ -107,7 +117,11 @@ def export_training_data(
     resize_to: int | tuple[int, int] | None = None,
     resampling: str = "bilinear",
     edge: str = "trim",
-    image_format: str = "tif",
+    image_chip_format: str = "TIFF",
+    start_index: int = 0,
+    in_mask_polygons: str | os.PathLike | gpd.GeoDataFrame | None = None,
+    buffer_radius: float = 0,
+    rotation_angle: float = 0,
     min_valid_fraction: float = 0.0,
     output_nofeature_tiles: bool = True,
     overwrite: bool = False,
@@ -132,8 +146,9 @@ def export_training_data(
             counts may differ, and each folder holds its own metadata and statistics.
         in_class_data: polygons (a GeoJSON, GeoPackage, Shapefile... path, or a GeoDataFrame),
             reprojected to the raster's CRS and rasterized on each chip's grid, or a single-band
-            integer class raster (nearest-neighbour on the input's grid). Written to ``labels/``:
-            class values, background 0. Metadata format ``Classified_Tiles``.
+            integer class raster (nearest-neighbour on the input's grid). Point features need
+            ``buffer_radius``. Written to ``labels/``: class values, background 0. Metadata
+            format ``Classified_Tiles``.
         metadata_format: ``"Export_Tiles"``, ``"Classified_Tiles"`` or ``"CycleGAN"`` (needs
             ``additional_input_raster``); by default Export_Tiles or Classified_Tiles, inferred
             from the inputs above.
@@ -155,10 +170,36 @@ def export_training_data(
             (``"bilinear"``, ``"cubic"``, ``"average"``...).
         edge: ``"trim"`` drops the partial last row/column of tiles; ``"pad"`` keeps it, padded
             with nodata.
-        image_format: ``"tif"`` (GeoTIFF + .tfw) or ``"png"`` (PNG + .pgw + .aux.xml; uint8 or
-            uint16 bands only).
+        image_chip_format: Pro's chip format, case-insensitive: ``"TIFF"`` (GeoTIFF + .tfw),
+            ``"PNG"`` (.png + .pgw + .png.aux.xml; uint8 or uint16 bands) or ``"JPEG"`` (.jpg +
+            .jgw + .jpg.aux.xml, like Pro writes them; uint8, 1 or 3 bands; lossy, so pixel
+            values change a little). ``"tif"``, ``"png"`` and ``"jpg"`` are accepted too.
+            Labels of a JPEG export are PNG, so class values stay exact. MRF is not supported.
+        start_index: number of the first chip (chip names count up from it, e.g.
+            ``start_index=500`` names the first chip ``000000500.tif``), to add chips to an
+            earlier export's numbering. Pro's tool has the same parameter (deprecated in recent
+            Pro releases).
+        in_mask_polygons: polygons (a vector file path or a GeoDataFrame) that delineate where
+            chips are made: as in Pro, only chips that fall completely within the polygons are
+            written (a chip's footprint, turned ones included, must be covered by them). The
+            polygons are reprojected to the raster's CRS.
+        buffer_radius: radius, in the map units of the raster's CRS (e.g. metres), of the circle
+            that each point feature of ``in_class_data`` becomes, as Pro's buffer makes
+            "circular polygon training samples from points"; polygons and lines are used as
+            they are. Point features without a buffer radius are refused (a point covers no
+            pixel area), and so is a buffer radius for data that holds no points.
+        rotation_angle: degrees, ``0 <= rotation_angle < 360``. As in Pro, each window is
+            first exported unrotated, then again turned by ``rotation_angle``,
+            ``2 * rotation_angle``... while below 360 degrees (90 gives 4 chips a window, 45
+            gives 8), for data augmentation. The turned chip keeps the window's centre and
+            size: its transform is the window's, rotated about the chip centre (so world files
+            carry rotation terms), the ground appears turned counter-clockwise by the angle,
+            images are warped onto it (nearest neighbour for ``in_raster``, ``resampling`` for
+            ``additional_input_raster``), labels are rasterized onto it, and pixels it takes from
+            beyond the raster are nodata. Chips are numbered in order: a window's angles, then
+            the next window.
         min_valid_fraction: skip chips whose share of valid (not nodata) pixels is below this;
-            chips that are entirely nodata are always skipped.
+            chips that are entirely nodata are always skipped (turned chips are judged alone).
         output_nofeature_tiles: Classified_Tiles: also write chips whose label holds no class
             (``False`` keeps only chips with features, ArcGIS's ``ONLY_TILES_WITH_FEATURES``;
             useful when the features are sparse).
@@ -172,8 +213,10 @@ def export_training_data(
     tile = size_pair(tile_size, "tile_size")
     if edge not in ("trim", "pad"):
         raise ValueError(f"edge must be 'trim' or 'pad', got {edge!r}.")
-    if image_format not in esri.IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {sorted(esri.IMAGE_FORMATS)}, got {image_format!r}.")
+    chip_format = esri.chip_format(image_chip_format)
+    start_index = _start_index(start_index)
+    angles = _rotation_angles(rotation_angle)
+    buffer_radius = _buffer_radius(buffer_radius, in_class_data)
     if not 0.0 <= min_valid_fraction <= 1.0:
         raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}.")
     if int(contour_width) != contour_width or contour_width < 0:
@@ -184,9 +227,11 @@ def export_training_data(
     warp = _resampling(resampling)
     tiling = _Tiling(tile, size_pair(stride, "stride") if stride is not None else tile,
                      size_pair(resize_to, "resize_to") if resize_to is not None else tile,
-                     edge, min_valid_fraction, *esri.IMAGE_FORMATS[image_format], progress)
+                     edge, min_valid_fraction, chip_format, esri.label_chip_format(chip_format),
+                     start_index, angles, progress)
     inputs = [in_raster, additional_input_raster,
-              None if isinstance(in_class_data, gpd.GeoDataFrame) else in_class_data]
+              None if isinstance(in_class_data, gpd.GeoDataFrame) else in_class_data,
+              None if isinstance(in_mask_polygons, gpd.GeoDataFrame) else in_mask_polygons]
     check_not_input(out_folder, inputs, role="out_folder")
     out_folder = check_output_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND)
 
@@ -200,22 +245,22 @@ def export_training_data(
         for part in parts:
             for reader in part.readers:
                 stack.callback(reader.close)
+        _check_chip_format(chip_format, [r for part in parts for r in part.readers])
         labels = None
         if in_class_data is not None:
             labels = _label_source(in_class_data, parts[0].grid, class_value_field, contour_width,
-                                   contour_value, stack)
-        if image_format == "png":
-            for reader in (r for part in parts for r in part.readers):
-                if reader.dtype not in _PNG_DTYPES:
-                    raise ValueError(f"{reader.role} {reader.ds.name}: PNG chips hold uint8 or "
-                                     f"uint16 bands, not {reader.dtype}; use image_format='tif'.")
+                                   contour_value, buffer_radius, stack)
         windows = [tiling.windows(part.grid) for part in parts]  # before writing: tile size checks
+        masks = [None] * len(parts)
+        if in_mask_polygons is not None:
+            polygons = _read_mask_polygons(in_mask_polygons)
+            masks = [_MaskPolygons(polygons, part.grid) for part in parts]
 
         with atomic_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND) as staging:
             written = [_export_part(staging / part.folder, part, part_windows, tiling,
-                                    metadata_format=metadata_format, labels=labels,
+                                    metadata_format=metadata_format, labels=labels, mask=mask,
                                     output_nofeature_tiles=output_nofeature_tiles)
-                       for part, part_windows in zip(parts, windows)]
+                       for part, part_windows, mask in zip(parts, windows, masks)]
     return _summary(out_folder, metadata_format, tiling, parts, written, with_labels=labels is not None)
 
 
@@ -227,9 +272,10 @@ class _Tiling(NamedTuple):
     out_size: tuple[int, int]  # (width, height) of the written chips
     edge: str
     min_valid_fraction: float
-    chip_ext: str
-    driver: str
-    world_ext: str
+    image_format: esri.ChipFormat  # images/ and images2/
+    label_format: esri.ChipFormat  # labels/
+    start_index: int  # number of the first chip
+    angles: tuple[float, ...]  # rotations of each window, degrees; (0.0,) without rotation_angle
     progress: bool
 
     def windows(self, grid: Grid) -> list[Window]:
@@ -245,6 +291,7 @@ class _Part(NamedTuple):
     folder: str
     readers: list[AlignedReader]  # the first writes images/, a second images2/
     grid: Grid
+    resampling: list[Resampling]  # per reader: how a turned chip is warped from it
 
 
 class _Written(NamedTuple):
@@ -258,20 +305,25 @@ def _parts(ds, ds2, *, unpaired: bool, resampling: Resampling) -> list[_Part]:
     each on its own grid, into ``A/`` and ``B/``."""
     grid = Grid.of(ds)
     first = AlignedReader(ds, grid, role="in_raster")
+    nearest = Resampling.nearest
     if unpaired:
         grid2 = Grid.of(ds2)
         second = AlignedReader(ds2, grid2, role="additional_input_raster")
-        return [_Part(esri.DOMAIN_FOLDERS[0], [first], grid), _Part(esri.DOMAIN_FOLDERS[1], [second], grid2)]
-    readers = [first]
+        return [_Part(esri.DOMAIN_FOLDERS[0], [first], grid, [nearest]),
+                _Part(esri.DOMAIN_FOLDERS[1], [second], grid2, [nearest])]
+    readers, warps = [first], [nearest]
     if ds2 is not None:
         readers.append(AlignedReader(ds2, grid, role="additional_input_raster", resampling=resampling))
-    return [_Part("", readers, grid)]
+        warps.append(resampling)
+    return [_Part("", readers, grid, warps)]
 
 
 def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tiling, *,
-                 metadata_format: str, labels, output_nofeature_tiles: bool) -> _Written:
-    """Cut ``part``'s rasters into ``windows`` and write the chips (``images/``, ``images2/``,
-    ``labels/``) and the metadata files into ``folder`` (created)."""
+                 metadata_format: str, labels, mask: _MaskPolygons | None,
+                 output_nofeature_tiles: bool) -> _Written:
+    """Cut ``part``'s rasters into ``windows`` (each at every angle of ``tiling.angles``) and
+    write the chips (``images/``, ``images2/``, ``labels/``) and the metadata files into
+    ``folder`` (created). Chips outside ``mask`` are left out."""
     readers, grid, tile, out_size = part.readers, part.grid, tiling.tile, tiling.out_size
     stats = [BandStatistics(r.count) for r in readers]
     class_counts: list[np.ndarray] = []  # pixels per label value, one array per chip
@@ -280,34 +332,46 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
     folders = [esri.IMAGES, esri.IMAGES2][:len(readers)]  # one per reader, in order
     for name in folders + ([esri.LABELS] if labels is not None else []):
         (folder / name).mkdir(parents=True)
-    for window in tqdm(windows, desc="Exporting chips", unit="chip", disable=not tiling.progress,
-                       leave=False):
-        chips, fraction = _read_tile(readers, window)
+    tiles = [(window, angle) for window in windows for angle in tiling.angles]
+    for window, angle in tqdm(tiles, desc="Exporting chips", unit="chip", disable=not tiling.progress,
+                              leave=False):
+        tile_transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
+        if angle:
+            tile_transform = rotate_about_centre(tile_transform, tile, angle)
+        if mask is not None and not mask.covers(tile_transform, tile):
+            skipped += 1
+            continue
+        chips, fraction = _read_tile(readers, window, tile_transform if angle else None, part.resampling)
         if fraction == 0 or fraction < tiling.min_valid_fraction:
             skipped += 1
             continue
-        transform = grid.transform @ Affine.translation(window.col_off, window.row_off)
+        transform = tile_transform
         if out_size != tile:
             transform = transform @ Affine.scale(tile[0] / out_size[0], tile[1] / out_size[1])
-        label = labels.chip(window, transform, out_size) if labels is not None else None
+        label = None
+        if labels is not None:
+            label = labels.chip(window, transform, out_size, tile_transform=tile_transform if angle else None)
         if label is not None and not output_nofeature_tiles and not label.any():
             skipped += 1
             continue
         if out_size != tile:
             chips = [(r, *_resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
-        name = esri.chip_name(len(map_rows), tiling.chip_ext)
+        index = tiling.start_index + len(map_rows)
+        name = esri.chip_name(index, tiling.image_format.extension)
         row_paths = []
         for sub, (reader, data, band_valid), st in zip(folders, chips, stats):
-            _write_chip(folder / sub / name, data, transform, grid.crs, reader.nodata, tiling)
+            _write_chip(folder / sub / name, data, transform, grid.crs, reader.nodata, tiling.image_format)
             st.update(data, band_valid)
             row_paths.append(f"{sub}/{name}")
         if label is not None:
-            _write_chip(folder / esri.LABELS / name, label, transform, grid.crs, None, tiling)
+            label_name = esri.chip_name(index, tiling.label_format.extension)
+            _write_chip(folder / esri.LABELS / label_name, label, transform, grid.crs, None,
+                        tiling.label_format)
             class_counts.append(np.bincount(label.ravel()))
-            row_paths.append(f"{esri.LABELS}/{name}")
+            row_paths.append(f"{esri.LABELS}/{label_name}")
         map_rows.append(row_paths)
 
-    _check_written(readers, stats, len(map_rows), len(windows), tiling)
+    _check_written(readers, stats, len(map_rows), len(tiles), tiling, masked=mask is not None)
     classes = labels.classes(class_counts) if labels is not None else []
     _write_metadata(folder, metadata_format=metadata_format, map_rows=map_rows, out_size=out_size,
                     readers=readers, stats=stats, classes=classes, class_counts=class_counts,
@@ -317,14 +381,15 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
 
 
 def _check_written(readers: list[AlignedReader], stats: list[BandStatistics], num_chips: int,
-                   num_windows: int, tiling: _Tiling) -> None:
+                   num_windows: int, tiling: _Tiling, *, masked: bool = False) -> None:
     """Refuse an export without chips, or with a band that holds no value in any chip."""
     if num_chips == 0:
         first = readers[0]
+        within = " falls completely within in_mask_polygons and" if masked else ""
         raise ValueError(
             f"{first.role} {first.ds.name}: none of the {num_windows} tiles of {tiling.tile[0]}x"
-            f"{tiling.tile[1]} px has valid (not nodata) pixels, or a share of them of at least "
-            f"min_valid_fraction={tiling.min_valid_fraction}."
+            f"{tiling.tile[1]} px{within} has valid (not nodata) pixels, or a share of them of at "
+            f"least min_valid_fraction={tiling.min_valid_fraction}."
         )
     for reader, st in zip(readers, stats):
         empty = (np.flatnonzero(st.count == 0) + 1).tolist()
@@ -335,8 +400,9 @@ def _check_written(readers: list[AlignedReader], stats: list[BandStatistics], nu
 
 def _summary(out_folder: Path, metadata_format: str, tiling: _Tiling, parts: list[_Part],
              written: list[_Written], *, with_labels: bool) -> ExportSummary:
-    def chips(part: _Part, done: _Written, sub: str) -> list[Path]:
-        return [out_folder / part.folder / sub / esri.chip_name(i, tiling.chip_ext)
+    def chips(part: _Part, done: _Written, sub: str, extension: str | None = None) -> list[Path]:
+        extension = extension or tiling.image_format.extension
+        return [out_folder / part.folder / sub / esri.chip_name(tiling.start_index + i, extension)
                 for i in range(done.num_chips)]
 
     first, done = parts[0], written[0]
@@ -350,17 +416,25 @@ def _summary(out_folder: Path, metadata_format: str, tiling: _Tiling, parts: lis
     elif len(first.readers) > 1:
         summary.images2 = chips(first, done, esri.IMAGES2)
     if with_labels:
-        summary.labels = chips(first, done, esri.LABELS)
+        summary.labels = chips(first, done, esri.LABELS, tiling.label_format.extension)
     return summary
 
 
-def _read_tile(readers: list[AlignedReader], window: Window) -> tuple[list, float]:
+def _read_tile(readers: list[AlignedReader], window: Window, rotated: Affine | None = None,
+               resampling: Sequence[Resampling] = ()) -> tuple[list, float]:
     """Read one tile from every raster: ``[(reader, data, band_valid)]`` and the share of pixels
-    that hold data in all of them (a pixel holds data when any of its bands does)."""
+    that hold data in all of them (a pixel holds data when any of its bands does).
+
+    With ``rotated`` (the turned tile's transform), each raster is warped onto that grid
+    instead, with its entry of ``resampling``."""
     chips = []
-    valid = np.ones((int(window.height), int(window.width)), dtype=bool)
-    for reader in readers:
-        data, covered = reader.read(window)
+    size = (int(window.width), int(window.height))
+    valid = np.ones((size[1], size[0]), dtype=bool)
+    for i, reader in enumerate(readers):
+        if rotated is None:
+            data, covered = reader.read(window)
+        else:
+            data, covered = _read_rotated(reader, rotated, size, resampling[i])
         band_valid = band_validity(data, reader.nodata) & covered
         valid &= band_valid.any(axis=0)
         chips.append((reader, data, band_valid))
@@ -373,6 +447,133 @@ def _resampling(name: str) -> Resampling:
     except KeyError:
         raise ValueError(f"resampling must be a rasterio resampling name such as 'bilinear', "
                          f"'cubic' or 'average', got {name!r}.") from None
+
+
+def _start_index(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"start_index must be a whole number >= 0 (the number of the first chip), "
+                         f"got {value!r}.")
+    if not 0 <= value < 10**9:
+        raise ValueError(f"start_index must lie in 0..999999999 (chip names have 9 digits), got {value}.")
+    return int(value)
+
+
+def _rotation_angles(value) -> tuple[float, ...]:
+    """Pro's ``rotation_angle`` -> the angles every window is exported at: 0, a, 2a... < 360."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"rotation_angle must be a number of degrees in [0, 360), got {value!r}.")
+    if not 0 <= value < 360:
+        raise ValueError(f"rotation_angle must lie in [0, 360) degrees (0: no rotated chips), got {value}.")
+    if value == 0:
+        return (0.0,)
+    count = math.ceil(360.0 / value - 1e-9)  # k * value < 360
+    return tuple(k * float(value) for k in range(count))
+
+
+def _buffer_radius(value, in_class_data) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"buffer_radius must be a distance >= 0 in the map units of the raster's "
+                         f"CRS, got {value!r}.")
+    if value and in_class_data is None:
+        raise ValueError("buffer_radius turns the point features of in_class_data into circles: it "
+                         "needs in_class_data.")
+    return float(value)
+
+
+def _check_chip_format(chip_format: esri.ChipFormat, readers: list[AlignedReader]) -> None:
+    """PNG holds uint8/uint16 bands; JPEG (as Pro writes it) one or three uint8 bands."""
+    for reader in readers:
+        where = f"{reader.role} {reader.ds.name}"
+        if chip_format.name == "PNG" and reader.dtype not in _PNG_DTYPES:
+            raise ValueError(f"{where}: PNG chips hold uint8 or uint16 bands, not {reader.dtype}; "
+                             "use image_chip_format='TIFF'.")
+        if chip_format.name == "JPEG" and (reader.dtype != np.uint8 or reader.count not in _JPEG_BANDS):
+            raise ValueError(f"{where}: JPEG chips hold 1 or 3 bands of uint8; this raster has "
+                             f"{reader.count} band(s) of {reader.dtype}. Use image_chip_format='TIFF' "
+                             "(any bands), or 'PNG' (uint8/uint16).")
+
+
+def rotate_about_centre(transform: Affine, size: tuple[int, int], angle: float) -> Affine:
+    """The transform of a ``size`` (width, height) chip on ``transform``, turned about the chip's
+    centre so that the ground appears turned counter-clockwise by ``angle`` degrees in the chip
+    (for 90 degrees, the chip's pixels are ``np.rot90`` of the unturned chip's). The chip's grid
+    turns clockwise on the map; the centre stays on the same map point."""
+    centre = transform @ (size[0] / 2, size[1] / 2)
+    return Affine.rotation(-angle, pivot=centre) @ transform
+
+
+def _read_rotated(reader: AlignedReader, transform: Affine, size: tuple[int, int],
+                  resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
+    """Warp ``reader``'s raster onto a (turned) chip grid: ``(data, covered)`` as
+    :meth:`AlignedReader.read` gives them. Pixels the raster does not cover (beyond its edge, or
+    nodata in it) are ``covered=False`` and hold the raster's fill value."""
+    width, height = size
+    count = reader.count
+    dest = np.empty((count + 1, height, width), dtype=reader.dtype)  # last band: the warper's alpha
+    dest[:count] = reader.fill
+    dest[count] = 0
+    reproject(rasterio.band(reader.ds, list(range(1, count + 1))), dest, src_nodata=reader.nodata,
+              dst_transform=transform, dst_crs=reader.grid.crs, dst_nodata=reader.nodata,
+              dst_alpha=count + 1, init_dest_nodata=False, resampling=resampling)
+    covered = dest[count] > 0
+    data = dest[:count]
+    data[:, ~covered] = reader.fill
+    return data, covered
+
+
+def _read_mask_polygons(in_mask_polygons) -> tuple[gpd.GeoDataFrame, str]:
+    if isinstance(in_mask_polygons, gpd.GeoDataFrame):
+        return in_mask_polygons, "GeoDataFrame"
+    if not isinstance(in_mask_polygons, (str, os.PathLike)):
+        raise ValueError(f"in_mask_polygons must be a polygon file (GeoJSON, GeoPackage, Shapefile...) "
+                         f"or a GeoDataFrame, got {type(in_mask_polygons).__name__}.")
+    path = Path(in_mask_polygons)
+    if not path.exists():
+        raise FileNotFoundError(f"in_mask_polygons {path}: no such file.")
+    try:
+        return gpd.read_file(path), str(path)
+    except Exception as err:  # pyogrio raises several types; all mean "not a vector file"
+        raise ValueError(f"in_mask_polygons {path}: not a vector file that can be read ({err}).") from err
+
+
+def _placeable(gdf: gpd.GeoDataFrame, grid: Grid, role: str, what: str) -> gpd.GeoDataFrame:
+    """The features of ``gdf`` that have a geometry, after checking that both it and the raster
+    have a CRS (so the features can be placed on the raster)."""
+    if gdf.crs is None:
+        raise ValueError(f"{role}: the vector data has no CRS, so it cannot be placed on the raster.")
+    if grid.crs is None:
+        raise ValueError(f"{role}: the input raster has no CRS, so {what} cannot be placed on it.")
+    return gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+
+
+class _MaskPolygons:
+    """Pro's ``in_mask_polygons``: the area, in the raster's CRS, that every chip must fall
+    completely within."""
+
+    def __init__(self, polygons: tuple[gpd.GeoDataFrame, str], grid: Grid) -> None:
+        gdf, name = polygons
+        role = f"in_mask_polygons {name}"
+        gdf = _placeable(gdf, grid, role, "the mask")
+        if len(gdf) == 0:
+            raise ValueError(f"{role}: holds no polygons.")
+        kinds = set(gdf.geom_type)
+        if not kinds <= {"Polygon", "MultiPolygon"}:
+            raise ValueError(f"{role}: a mask is made of polygons; found {', '.join(sorted(kinds))} "
+                             "features.")
+        area = shapely.union_all(shapely.make_valid(gdf.to_crs(grid.crs).geometry.values))
+        if area.is_empty or not bounds_overlap(area.bounds, grid.bounds):
+            raise ValueError(f"{role}: no polygon overlaps the input raster (raster bounds "
+                             f"{tuple(round(v, 3) for v in grid.bounds)} in {grid.crs.to_string()}).")
+        shapely.prepare(area)
+        self.area = area
+
+    def covers(self, transform: Affine, size: tuple[int, int]) -> bool:
+        """True when the chip of ``size`` (width, height) pixels on ``transform`` lies completely
+        within the mask (its edges may touch the mask's boundary)."""
+        width, height = size
+        corners = [transform @ xy for xy in [(0, 0), (width, 0), (width, height), (0, height)]]
+        return bool(self.area.covers(shapely.Polygon(corners)))
 
 
 def _metadata_format(requested, additional_input_raster, in_class_data) -> str:
@@ -392,9 +593,10 @@ def _metadata_format(requested, additional_input_raster, in_class_data) -> str:
     return requested
 
 
-def _write_chip(path: Path, data: np.ndarray, transform: Affine, crs, nodata, tiling: _Tiling) -> None:
-    write_raster(path, data, transform=transform, crs=crs, nodata=nodata, driver=tiling.driver)
-    esri.write_world_file(esri.world_file_path(path, tiling.world_ext), transform)
+def _write_chip(path: Path, data: np.ndarray, transform: Affine, crs, nodata,
+                chip_format: esri.ChipFormat) -> None:
+    write_raster(path, data, transform=transform, crs=crs, nodata=nodata, driver=chip_format.driver)
+    esri.write_world_file(esri.world_file_path(path, chip_format.world_extension), transform)
 
 
 def _resize_image(data: np.ndarray, band_valid: np.ndarray, size: tuple[int, int],
@@ -418,10 +620,10 @@ def _resize_image(data: np.ndarray, band_valid: np.ndarray, size: tuple[int, int
 
 
 def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, contour_value,
-                  stack: ExitStack):
+                  buffer_radius: float, stack: ExitStack):
     if isinstance(in_class_data, gpd.GeoDataFrame):
         return _VectorLabels(in_class_data, "GeoDataFrame", grid, class_value_field,
-                             contour_width, contour_value)
+                             contour_width, contour_value, buffer_radius)
     path = Path(in_class_data)
     if not path.exists():
         raise FileNotFoundError(f"in_class_data {path}: no such file.")
@@ -433,6 +635,9 @@ def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, c
         if contour_width:
             raise ValueError(f"in_class_data {path} is a class raster; contour reinforcement "
                              "draws polygon outlines, so pass the polygons as a vector file.")
+        if buffer_radius:
+            raise ValueError(f"in_class_data {path} is a class raster; buffer_radius turns point "
+                             "features into circles, so it applies to vector data only.")
         labels = _RasterLabels(stack.enter_context(open_raster(path, "in_class_data")), grid)
         stack.callback(labels.reader.close)
         return labels
@@ -440,7 +645,8 @@ def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, c
         gdf = gpd.read_file(path)
     except Exception as err:  # pyogrio raises several types; all mean "not a vector file"
         raise ValueError(f"in_class_data {path}: not a vector file that can be read ({err}).") from err
-    return _VectorLabels(gdf, str(path), grid, class_value_field, contour_width, contour_value)
+    return _VectorLabels(gdf, str(path), grid, class_value_field, contour_width, contour_value,
+                         buffer_radius)
 
 
 def _is_raster(path: Path) -> bool:
@@ -452,16 +658,13 @@ def _is_raster(path: Path) -> bool:
 
 
 class _VectorLabels:
-    """Polygons in the raster's CRS, rasterized chip by chip (background 0)."""
+    """Polygons in the raster's CRS, rasterized chip by chip (background 0). Points become
+    circles of ``buffer_radius`` map units of the raster's CRS (Pro's rule)."""
 
     def __init__(self, gdf: gpd.GeoDataFrame, name: str, grid: Grid, class_value_field,
-                 contour_width: int, contour_value) -> None:
+                 contour_width: int, contour_value, buffer_radius: float = 0.0) -> None:
         role = f"in_class_data {name}"
-        if gdf.crs is None:
-            raise ValueError(f"{role}: the vector data has no CRS, so it cannot be placed on the raster.")
-        if grid.crs is None:
-            raise ValueError(f"{role}: the input raster has no CRS, so the polygons cannot be placed on it.")
-        gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+        gdf = _placeable(gdf, grid, role, "the polygons")
         if class_value_field is None:
             values = np.ones(len(gdf), dtype=np.int64)
         else:
@@ -470,7 +673,7 @@ class _VectorLabels:
                 raise ValueError(f"{role}: class_value_field {class_value_field!r} does not exist; "
                                  f"fields: {fields}.")
             values = self._class_values(gdf[class_value_field], role, class_value_field)
-        gdf = gdf.to_crs(grid.crs)
+        gdf = self._buffer_points(gdf.to_crs(grid.crs), buffer_radius, role)
         if len(gdf) == 0 or not bounds_overlap(gdf.total_bounds, grid.bounds):
             raise ValueError(f"{role}: no feature overlaps the input raster (raster bounds "
                              f"{tuple(round(v, 3) for v in grid.bounds)} in {grid.crs.to_string()}).")
@@ -488,6 +691,24 @@ class _VectorLabels:
         self.dtype = np.uint8 if top <= 255 else np.uint16
 
     @staticmethod
+    def _buffer_points(gdf: gpd.GeoDataFrame, radius: float, role: str) -> gpd.GeoDataFrame:
+        """Point features -> circles of ``radius`` in the CRS's map units; other features kept."""
+        points = gdf.geom_type.isin(["Point", "MultiPoint"]).to_numpy()
+        if points.any() and not radius:
+            raise ValueError(f"{role}: holds {int(points.sum())} point feature(s); points become "
+                             "training samples as circles: give buffer_radius (> 0, in the map "
+                             "units of the raster's CRS).")
+        if radius and not points.any():
+            kinds = ", ".join(sorted(set(gdf.geom_type))) or "none"
+            raise ValueError(f"{role}: buffer_radius={radius} turns point features into circles, "
+                             f"but the data holds no points (geometry types: {kinds}).")
+        if points.any():
+            geometry = gdf.geometry.copy()
+            geometry[points] = geometry[points].buffer(radius, quad_segs=32)
+            gdf = gdf.set_geometry(geometry)
+        return gdf
+
+    @staticmethod
     def _class_values(column: pd.Series, role: str, field: str) -> np.ndarray:
         if column.isna().any():
             raise ValueError(f"{role}: {int(column.isna().sum())} features have no value in "
@@ -503,8 +724,9 @@ class _VectorLabels:
                              f"1..65535 (0 is the background); found {bad[:5]}.")
         return numbers.astype(np.int64)
 
-    def chip(self, window: Window, transform: Affine, size: tuple[int, int]) -> np.ndarray:
-        """The label chip of ``size`` (width, height) pixels on ``transform``."""
+    def chip(self, window: Window, transform: Affine, size: tuple[int, int], *,
+             tile_transform: Affine | None = None) -> np.ndarray:
+        """The label chip of ``size`` (width, height) pixels on ``transform`` (turned or not)."""
         width, height = size
         label = np.zeros((height, width), dtype=self.dtype)
         bounds = pixel_bounds(transform, width, height)
@@ -577,8 +799,15 @@ class _RasterLabels:
                              f"one has {ds.count} band(s) of {ds.dtypes[0]}.")
         self.reader = AlignedReader(ds, grid, role="in_class_data", resampling=Resampling.nearest)
 
-    def chip(self, window: Window, transform: Affine, size: tuple[int, int]) -> np.ndarray:
-        data, covered = self.reader.read(window)
+    def chip(self, window: Window, transform: Affine, size: tuple[int, int], *,
+             tile_transform: Affine | None = None) -> np.ndarray:
+        """The label chip of ``window`` resized to ``size`` (width, height); with
+        ``tile_transform`` (a turned tile's grid), the class raster is warped onto that grid."""
+        if tile_transform is None:
+            data, covered = self.reader.read(window)
+        else:
+            data, covered = _read_rotated(self.reader, tile_transform,
+                                          (int(window.width), int(window.height)), Resampling.nearest)
         label = np.where(band_validity(data, self.reader.nodata)[0] & covered, data[0], 0)
         if label.min() < 0 or label.max() > 65535:
             raise ValueError(f"in_class_data {self.reader.ds.name}: class values must lie in "

@@ -24,6 +24,7 @@ reference CycleGAN code; ``testA/`` + ``testB/`` of same-named chips are true pa
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,13 +210,16 @@ def _existing_folder(path: str | Path) -> Path:
 
 
 def _cell_size(chip: Path) -> tuple[float, float] | None:
-    """Pixel size of a georeferenced chip in its CRS units; None for plain pictures."""
+    """Pixel size of a georeferenced chip in its CRS units (the length of a pixel's sides, so
+    chips on a turned grid, ``export_training_data(rotation_angle=...)``, count right); None for
+    plain pictures."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with rasterio.open(chip) as src:
             if src.crs is None:
                 return None
-            return abs(src.transform.a), abs(src.transform.e)
+            t = src.transform
+            return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
 
 
 def _subdir(path: Path, name: str) -> Path | None:
