@@ -5,6 +5,7 @@
     toolkit predict models/buildings/buildings.dlpk SCENE.tif prediction.tif
     toolkit vectorize prediction.tif footprints.gpkg
     toolkit info CHIPS            # or a saved model (.emd, folder, .dlpk)
+    torchrun --standalone --nproc_per_node=4 -m toolkit train CHIPS --out models/buildings
 
 Also ``python -m toolkit``. Options carry the Python API's names (``--tile-size`` is
 ``tile_size``). Each command calls the same function a notebook calls; nothing here re-implements
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--class-value-field")
     p.add_argument("--contour-width", type=int, default=0)
     p.add_argument("--resize-to", type=_size)
-    p.add_argument("--image-format", choices=["tif", "png"], default="tif")
+    p.add_argument("--image-chip-format", default="TIFF", help="TIFF, PNG or JPEG (Pro's values; tif/png/jpg too)")
+    p.add_argument("--start-index", type=int, default=0, help="number of the first chip")
+    p.add_argument("--in-mask-polygons", help="write only the chips that lie completely inside these polygons")
+    p.add_argument("--buffer-radius", type=float, default=0.0,
+                   help="point features become circles of this radius (raster CRS units)")
+    p.add_argument("--rotation-angle", type=float, default=0.0,
+                   help="also export each chip rotated by this angle, twice it... below 360 degrees")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the toolkit")
 
     p = commands.add_parser("train", help="train a model on a chip folder and save it",
@@ -74,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["linear"], help="constant, then linear decay (else one-cycle)")
     p.add_argument("--class-balance", action="store_true", help="Pix2Pix on class masks: balanced L1")
     p.add_argument("--working-dir", help="checkpoints folder (default: beside --out)")
+    p.add_argument("--early-stopping", type=int, metavar="EPOCHS",
+                   help="stop when the validation loss has not improved for this many epochs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the last unfinished fit of this --working-dir from its checkpoint")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronised batch norm")
     p.add_argument("--overwrite", action="store_true", help="replace a model the toolkit saved at --out")
 
     p = commands.add_parser("predict", help="a saved model over a whole scene -> GeoTIFF",
@@ -116,13 +129,16 @@ def _export(args) -> dict:
         args.in_raster, args.out_folder, additional_input_raster=args.additional_input_raster,
         in_class_data=args.in_class_data, metadata_format=args.metadata_format, tile_size=args.tile_size,
         stride=args.stride, class_value_field=args.class_value_field, contour_width=args.contour_width,
-        resize_to=args.resize_to, image_format=args.image_format, overwrite=args.overwrite, progress=True)
+        resize_to=args.resize_to, image_chip_format=args.image_chip_format, start_index=args.start_index,
+        in_mask_polygons=args.in_mask_polygons, buffer_radius=args.buffer_radius,
+        rotation_angle=args.rotation_angle, overwrite=args.overwrite, progress=True)
     return {"out_folder": str(summary.out_folder), "metadata_format": summary.metadata_format,
             "chips": summary.num_chips, "chips_b": summary.num_chips_b, "skipped": summary.skipped}
 
 
-def _train(args) -> dict:
-    from toolkit import CycleGAN, Pix2Pix, prepare_data
+def _train(args) -> dict | None:
+    """Under ``torchrun`` every process runs this; rank 0 alone reports (and saves)."""
+    from toolkit import CycleGAN, Pix2Pix, ddp, prepare_data
 
     out = Path(args.out)
     dataset_type = "CycleGAN" if args.model == "cyclegan" else None
@@ -134,10 +150,15 @@ def _train(args) -> dict:
     else:
         model = Pix2Pix(data, ngf=args.ngf, ndf=args.ndf, class_balance=args.class_balance,
                         working_dir=working_dir)
-    print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
-    model.fit(args.epochs, lr=args.lr, schedule=args.schedule)
+    if ddp.is_main() and not ddp.launched():
+        print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
+    model.fit(args.epochs, lr=args.lr, schedule=args.schedule, early_stopping=args.early_stopping or False,
+              resume=args.resume, sync_bn=args.sync_bn)
     emd = model.save(out, overwrite=args.overwrite)
-    return {"emd": str(emd), "dlpk": str(emd.with_suffix(".dlpk")), "metrics": model.metrics}
+    if not ddp.is_main():
+        return None
+    return {"emd": str(emd), "dlpk": str(emd.with_suffix(".dlpk")), "metrics": model.metrics,
+            "processes": ddp.world_size(), "epochs_trained": len(model.history)}
 
 
 def _predict(args) -> dict:
@@ -211,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"toolkit: error: {message}", file=sys.stderr)
+        where = f" (rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']})" if _launched() else ""
+        print(f"toolkit: error{where}: {message}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(result, default=str))
+    if result is not None:  # None: a torchrun rank other than 0
+        print(json.dumps(result, default=str))
     return 0
+
+
+def _launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE") or 1) > 1 and "RANK" in os.environ

@@ -21,6 +21,7 @@ file, as torchgeo's ``BaseTask`` subclasses do:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from toolkit import __version__
+from toolkit import __version__, ddp
 from toolkit._fastai import quiet_import
 from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_output_folder,
                          check_writable_folder)
@@ -389,7 +390,9 @@ class TranslationModel:
 
     def fit(self, epochs: int = 10, lr: float | None = None, one_cycle: bool = True,
             early_stopping: bool | int = False, checkpoint: bool | str = True,
-            monitor: str = "valid_loss", resume: bool | str = False, schedule: str | None = None) -> None:
+            monitor: str = "valid_loss", resume: bool | str = False, schedule: str | None = None,
+            callbacks: list | None = None, distributed: bool | None = None,
+            sync_bn: bool = False) -> None:
         """Train for ``epochs`` epochs.
 
         Args:
@@ -411,9 +414,22 @@ class TranslationModel:
                 off) are the checkpoint's. Weights, optimizers, gradient scalers, early
                 stopping's state and the random-number states come back, so the fit ends as it
                 would have without the interruption.
+            callbacks: more fastai callbacks for this fit (they see the Learner as usual).
+            distributed: data-parallel training over the processes ``torchrun`` started
+                (:mod:`toolkit.ddp`): ``None`` (default) when launched by it, ``False`` never.
+                ``batch_size`` is per process; only rank 0 logs, checkpoints and saves.
+            sync_bn: under ``torchrun`` on GPUs, synchronise batch-norm statistics over the
+                processes (``torch.nn.SyncBatchNorm``), useful at 1 or 2 chips per GPU.
         """
         self._require_data("fit")
         self._check_working_dir("fit")
+        parallel = distributed is not False and ddp.init_distributed()
+        if distributed and not parallel:
+            raise ValueError("distributed=True trains over the processes torchrun starts: launch "
+                             "the script with torchrun --nproc_per_node=N (WORLD_SIZE is not set).")
+        if sync_bn and not parallel:
+            raise ValueError("sync_bn=True synchronises batch norm over torchrun's processes; "
+                             "this fit runs in one process.")
         if schedule not in (None, *self.schedules):
             raise ValueError(f"schedule must be None or one of {list(self.schedules)}, got {schedule!r}.")
         if monitor not in self.recorded:
@@ -439,30 +455,52 @@ class TranslationModel:
             if start >= epochs:
                 return
         else:
-            self.fit_id = new_fit_id(folder, name)
+            self.fit_id = ddp.broadcast_object(new_fit_id(folder, name))  # rank 0's names the files
         lr = float(lr or self._suggested_lr or self.default_lr)
         patience = None if not early_stopping else 5 if early_stopping is True else int(early_stopping)
         fit_config = {"epochs": epochs, "lr": lr, "one_cycle": one_cycle, "schedule": schedule,
-                      "patience": patience}
-        cbs = [History(self.history, start_epoch=start)]
+                      "patience": patience, "processes": ddp.world_size()}
+        if parallel:
+            # the shards' order: rank 0's seed, kept in the checkpoints for a resumed fit
+            fit_config["shard_seed"] = (state["fit"].get("shard_seed", 0) if state else
+                                        ddp.broadcast_object(int.from_bytes(os.urandom(4), "little")))
+        main = ddp.is_main()
+        cbs = [History(self.history, start_epoch=start), *(callbacks or [])]
         if checkpoint or patience or state:
             # One callback tracks the best epoch for both: early stopping's state is saved with
             # the checkpoint of the epoch, before the fit stops. It also puts a resumed fit's
-            # loop state back (even with checkpoint=False).
-            cbs.append(Checkpoint(folder if checkpoint else None, name, self.fit_id, monitor,
+            # loop state back (even with checkpoint=False). Under torchrun only rank 0 writes.
+            cbs.append(Checkpoint(folder if checkpoint and main else None, name, self.fit_id, monitor,
                                   lambda: self._state(fit_config), self._restore_best,
                                   scalers={"scaler": lambda: getattr(self.learn, "scaler", None),
                                            "d_scaler": lambda: self.trainer.d_scaler},
-                                  patience=patience, resume=state))
-        if schedule in ("linear", "linear_decay"):
-            half = epochs // 2
-            sched = combine_scheds([half / epochs, 1 - half / epochs], [SchedNo(lr, lr), SchedLin(lr, 0.0)]) \
-                if half else SchedLin(lr, 0.0)
-            self.learn.fit(epochs, lr, cbs=cbs + [ParamScheduler({"lr": sched})], start_epoch=start)
-        elif one_cycle:
-            self.learn.fit_one_cycle(epochs, lr, moms=(0.5, 0.5, 0.5), cbs=cbs, start_epoch=start)
-        else:
-            self.learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
+                                  patience=patience, resume=state, verbose=main))
+        if parallel:
+            n, batch = ddp.world_size(), self.data.train.bs
+            if main:
+                print(f"Data-parallel training on {n} processes ({torch.distributed.get_backend()}): "
+                      f"{batch} chips per process and step, a global batch of {n * batch}.")
+            cbs += [ddp.DataParallel(self.trainer, seed=fit_config["shard_seed"], sync_bn=sync_bn),
+                    ddp.RecordSync(self.trainer, self.networks.values())]
+        quiet = contextlib.ExitStack()
+        if not main:  # one progress bar and one table: rank 0's
+            quiet.enter_context(self.learn.no_bar())
+            quiet.enter_context(self.learn.no_logging())
+        with quiet:
+            try:
+                if schedule in ("linear", "linear_decay"):
+                    half = epochs // 2
+                    sched = combine_scheds([half / epochs, 1 - half / epochs],
+                                           [SchedNo(lr, lr), SchedLin(lr, 0.0)]) if half else SchedLin(lr, 0.0)
+                    self.learn.fit(epochs, lr, cbs=cbs + [ParamScheduler({"lr": sched})], start_epoch=start)
+                elif one_cycle:
+                    self.learn.fit_one_cycle(epochs, lr, moms=(0.5, 0.5, 0.5), cbs=cbs, start_epoch=start)
+                else:
+                    self.learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
+            finally:
+                if isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
+                    self.learn.model = self.learn.model.module  # a failed fit leaves no wrapper
+                    self.trainer.grad_sync = None
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 1e-1, num_it: int = 100,
                 show_plot: bool = True) -> float:
@@ -586,13 +624,25 @@ class TranslationModel:
     # --- saving ----------------------------------------------------------------------------------
 
     def save(self, name_or_path: str | os.PathLike, save_optimizer: bool = False,
-             compute_metrics: bool = True, overwrite: bool = False) -> Path:
+             compute_metrics: bool = True, save_inference_file: bool = True,
+             overwrite: bool = False) -> Path:
         """Save to ``<working_dir>/<name>/`` (or the given folder): ``<name>.pth``, ``<name>.emd``,
         ``ModelCharacteristics/`` figures and ``<name>.dlpk``; returns the ``.emd`` path.
 
+        With ``save_inference_file`` (arcgis.learn's name), the Python raster function that
+        ArcGIS Pro runs (``ArcGISImageTranslation.py``, the ``.emd``'s ``InferenceFunction``; see
+        :mod:`toolkit.arcgis_pro`) is written beside the ``.emd`` and into the ``.dlpk``, so that
+        Pro's "Classify Pixels Using Deep Learning" runs the package (with the toolkit installed
+        in Pro's Python environment).
+
         The folder is written to a temporary name and moved into place. An existing folder is
         replaced only with ``overwrite=True`` and only when it holds a model the toolkit saved
-        and nothing else; the training chips are never written over."""
+        and nothing else; the training chips are never written over.
+
+        Under ``torchrun`` rank 0 writes the model; the other ranks wait for it and return its path."""
+        if not ddp.is_main():
+            self.emd_path = ddp.broadcast_object(None)  # returns once rank 0 has written
+            return self.emd_path
         target = Path(name_or_path)
         if len(target.parts) == 1 and not target.is_absolute():
             if self.models_dir is None:
@@ -613,13 +663,19 @@ class TranslationModel:
             figures["loss_graph.png"] = self.plot_losses()
         if self.data is not None:
             figures["show_results.png"] = self.show_results(rows=min(4, len(self.data.valid_ds)))
+        extra_files = {}
+        if save_inference_file:
+            from toolkit.arcgis_pro import INFERENCE_FUNCTION, inference_function_path
+
+            extra_files[INFERENCE_FUNCTION] = inference_function_path()
         try:
             emd_path = write_model_folder(target, name, weights=plain_state(self._state(optimizers=save_optimizer)),
-                                          emd=self._emd(name), figures=figures, overwrite=overwrite)
+                                          emd=self._emd(name), figures=figures, extra_files=extra_files,
+                                          overwrite=overwrite)
         finally:
             for fig in figures.values():
                 plt.close(fig)
-        self.emd_path = emd_path
+        self.emd_path = ddp.broadcast_object(emd_path)  # under torchrun: to the waiting ranks
         return emd_path
 
     def load(self, name_or_path: str | os.PathLike) -> None:
@@ -633,13 +689,27 @@ class TranslationModel:
         self._load_weights(weights, emd_path)
 
     def _emd(self, name: str) -> dict:
-        """The ``.emd``: arcgis.learn's keys (``_emd_keys``), then the toolkit's own."""
+        """The ``.emd``: the keys ArcGIS Pro reads and arcgis.learn's (``_emd_keys``), then the
+        toolkit's own.
+
+        Pro runs the model through the Python raster function ``InferenceFunction`` (saved beside
+        the ``.emd``, :mod:`toolkit.arcgis_pro`), which loads ``ModelFile`` (relative to the
+        ``.emd``'s folder) with the toolkit. ``Framework`` is ``"PyTorch"`` as in Esri's PyTorch
+        examples: these weights are not arcgis.learn's, so Pro must not fall back to its own
+        ``arcgis.learn`` loaders. ``ModelPadding`` and ``BatchSize`` are left out on purpose:
+        Pro would then fix them, while the raster function offers ``padding`` (default a
+        quarter chip) and ``batch_size`` as arguments of the tool. Mask models list their
+        ``Classes`` with ``Value``, ``Name`` and an RGB ``Color`` (tab10 where the data gave none).
+        """
+        from toolkit.arcgis_pro import INFERENCE_FUNCTION
+
         c = self.config
         width, height = size_tuple(c["chip_size"])
         emd = {
-            "Framework": "arcgis.learn.models._inferencing",
+            "Framework": "PyTorch",
             "ModelType": self.model_type,
-            "InferenceFunction": "ArcGISImageTranslation.py",
+            "ModelName": type(self).__name__,
+            "InferenceFunction": INFERENCE_FUNCTION,
             "ModelFile": f"{name}.pth",
             "ImageHeight": height,
             "ImageWidth": width,
@@ -657,7 +727,14 @@ class TranslationModel:
                           "target_norm": self.target_norm.to_dict(), "history": self.history,
                           "metrics": self.metrics, "footprint_settings": self.footprint_settings}
         if self.is_mask:
-            emd["Classes"] = self.target_norm.classes
+            from matplotlib import colormaps
+
+            tab10 = colormaps["tab10"]
+            emd["Classes"] = [
+                {"Value": int(k["Value"]), "Name": str(k.get("Name", k["Value"])),
+                 "Color": [int(v) for v in k["Color"][:3]] if k.get("Color") and min(k["Color"][:3]) >= 0
+                 else [round(255 * v) for v in tab10(i % 10)[:3]]}
+                for i, k in enumerate(self.target_norm.classes)]
         emd.update({k: v for k, v in self.metrics.items()})
         return emd
 

@@ -4,6 +4,8 @@
       <name>.pth                    state dicts only (torch.load(weights_only=True) reads them)
       <name>.emd                    JSON: arcgis.learn's keys + the toolkit's own
       ModelCharacteristics/loss_graph.png, ModelCharacteristics/show_results.png
+      ArcGISImageTranslation.py     the Python raster function ArcGIS Pro runs (the .emd's
+                                    InferenceFunction; see toolkit.arcgis_pro)
       <name>.dlpk                   a zip of the above
 """
 
@@ -13,9 +15,11 @@ import io
 import json
 import lzma
 import os
+import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,16 +35,32 @@ MODEL_KIND = "model"  # the manifest kind of saved model folders (see toolkit._f
 
 
 def write_model_folder(dest: Path, name: str, *, weights: dict, emd: dict, figures: dict,
+                       extra_files: Mapping[str, str | os.PathLike | bytes] | None = None,
                        overwrite: bool = False) -> Path:
     """Write the folder ``dest`` and return the .emd path. An existing ``dest`` is replaced, once
     the new folder is complete, only with ``overwrite`` and only when it holds a model the
     toolkit saved (and nothing else); see :func:`toolkit._fs.check_output_folder`.
 
     ``figures`` maps file names under ``ModelCharacteristics/`` to matplotlib figures.
+    ``extra_files`` maps plain file names beside the ``.emd`` (e.g. the ``InferenceFunction``'s
+    raster function) to the file to copy there or its bytes; they go into the ``.dlpk`` too.
+    ``ValueError`` for a name that is not a plain file name or is one of the model's own files.
     """
+    extra = dict(extra_files or {})
+    own = {f"{name}.pth", f"{name}.emd", f"{name}.dlpk", "ModelCharacteristics"}
+    for file_name in extra:
+        if not _plain_name(file_name) or file_name in own:
+            raise ValueError(f"extra_files: {file_name!r} is not a plain file name beside the .emd "
+                             "(no folders or '..'), or is one of the model's own files.")
     with atomic_folder(dest, overwrite=overwrite, kind=MODEL_KIND, role="save path") as staging:
         torch.save(weights, staging / f"{name}.pth")
         (staging / f"{name}.emd").write_text(json.dumps(emd, indent=2) + "\n")
+        for file_name, content in extra.items():
+            target = staging / file_name
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                shutil.copyfile(content, target)
         characteristics = staging / "ModelCharacteristics"
         characteristics.mkdir()
         for file_name, fig in figures.items():
