@@ -12,8 +12,10 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from toolkit.cli import main
+from toolkit.raster import clip_raster
 
 
 def toolkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -67,6 +69,18 @@ def test_round_trip_on_the_atlanta_sample(atlanta, tmp_path):
     assert again.returncode == 1 and again.stderr.startswith("toolkit: error: ")
     assert "overwrite" in again.stderr and "Traceback" not in again.stderr
     assert toolkit("predict", trained["dlpk"], str(scene), str(scene), "--overwrite", cwd=tmp_path).returncode == 1
+
+    # several scenes into a folder, one <scene name>.tif each, equal to the one-scene prediction
+    parts = [clip_raster(scene, tmp_path / f"part{i}.tif", window=Window(300 * i, 0, 300, 300)) for i in (0, 1)]
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    many = result(toolkit("predict", trained["dlpk"], *map(str, parts), str(folder), "--padding", "16", cwd=tmp_path))
+    assert many["out_rasters"] == [str(folder / "part0.tif"), str(folder / "part1.tif")]
+    one = result(toolkit("predict", trained["dlpk"], str(parts[1]), str(tmp_path / "one.tif"), "--padding", "16",
+                         cwd=tmp_path))
+    with rasterio.open(one["out_raster"]) as a, rasterio.open(folder / "part1.tif") as b:
+        assert (a.crs, a.transform) == (b.crs, b.transform)
+        np.testing.assert_array_equal(a.read(), b.read())
 
 
 def test_errors_are_one_line_with_exit_codes(tmp_path, capsys):

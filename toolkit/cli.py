@@ -3,6 +3,7 @@
     toolkit export SCENE.tif CHIPS --in-class-data footprints.geojson --tile-size 256 --contour-width 2
     toolkit train CHIPS --model pix2pix --epochs 20 --out models/buildings
     toolkit predict models/buildings/buildings.dlpk SCENE.tif prediction.tif
+    toolkit predict models/buildings/buildings.dlpk A.tif B.tif C.tif predictions/ --workers 3
     toolkit vectorize prediction.tif footprints.gpkg
     toolkit info CHIPS            # or a saved model (.emd, folder, .dlpk)
     torchrun --standalone --nproc_per_node=4 -m toolkit train CHIPS --out models/buildings
@@ -89,11 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronised batch norm")
     p.add_argument("--overwrite", action="store_true", help="replace a model the toolkit saved at --out")
 
-    p = commands.add_parser("predict", help="a saved model over a whole scene -> GeoTIFF",
-                            description="predict_raster with a saved model (.emd, folder or .dlpk).")
+    p = commands.add_parser("predict", help="a saved model over whole scenes -> GeoTIFFs",
+                            description="predict_raster with a saved model (.emd, folder or .dlpk): "
+                                        "IN_RASTER OUT_RASTER, or several scenes IN_RASTER... OUT_FOLDER "
+                                        "(one <scene name>.tif each; predict_rasters).")
     p.add_argument("model")
-    p.add_argument("in_raster")
-    p.add_argument("out_raster")
+    p.add_argument("rasters", nargs="+", metavar="IN_RASTER... OUT",
+                   help="the scene(s), then the output raster (one scene) or folder (several, or an existing folder)")
     p.add_argument("--convert-to", choices=["a", "b"], help="CycleGAN: the direction (default b)")
     p.add_argument("--padding", type=int)
     p.add_argument("--batch-size", type=int, default=8)
@@ -164,27 +167,36 @@ def _train(args) -> dict | None:
 def _predict(args) -> dict:
     from toolkit import load_model
 
+    from toolkit import predict_rasters
+
     if args.scheduler and args.workers:
         raise ValueError("give --scheduler or --workers, not both.")
+    if len(args.rasters) < 2:
+        raise ValueError("give the scene(s) and then the output: IN_RASTER OUT_RASTER or IN_RASTER... OUT_FOLDER.")
+    *scenes, out = args.rasters
+    many = len(scenes) > 1 or Path(out).is_dir()
     model = load_model(args.model)
     kwargs = dict(padding=args.padding, batch_size=args.batch_size, overwrite=args.overwrite, tta=args.tta)
     if args.convert_to is not None:
         kwargs["convert_to"] = args.convert_to
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
-    if args.scheduler or args.workers:
-        from distributed import Client, LocalCluster
 
-        if args.scheduler:
-            with Client(args.scheduler) as client:
-                out = model.predict_raster(args.in_raster, args.out_raster, client=client, **kwargs)
-        else:
-            with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
-                              dashboard_address=None) as cluster, Client(cluster) as client:
-                out = model.predict_raster(args.in_raster, args.out_raster, client=client, **kwargs)
-    else:
-        out = model.predict_raster(args.in_raster, args.out_raster, **kwargs)
-    return {"out_raster": str(out)}
+    def run(client=None) -> dict:
+        if many:  # one task a scene on a cluster, one after the other here
+            return {"out_rasters": [str(p) for p in predict_rasters(model, scenes, out, client=client, **kwargs)]}
+        return {"out_raster": str(model.predict_raster(scenes[0], out, client=client, **kwargs))}
+
+    if not (args.scheduler or args.workers):
+        return run()
+    from distributed import Client, LocalCluster
+
+    if args.scheduler:
+        with Client(args.scheduler) as client:
+            return run(client)
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        return run(client)
 
 
 def _vectorize(args) -> dict:

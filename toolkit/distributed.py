@@ -181,7 +181,7 @@ def predict_scene(ref: ModelRef, in_raster: str, out_raster: str, pad: int, opti
     return out_raster
 
 
-def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client,
+def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=None,
                     convert_to: str | None = None, padding: int | None = None, batch_size: int = 8,
                     threshold: float | None = None, overwrite: bool = False, tta: bool = False,
                     timeout: float | None = None, retries: int = 2) -> list[Path]:
@@ -192,7 +192,8 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client,
             direction of one; the workers load its ``.emd``/``.dlpk``.
         in_rasters: the scenes, at paths the workers can read; their file stems must differ.
         out_folder: where the outputs go; must be a folder the workers can write (shared).
-        client: a ``dask.distributed.Client``.
+        client: a ``dask.distributed.Client``; ``None`` predicts the scenes one after the
+            other in this process (the same outputs, the same checks).
         convert_to, padding, batch_size, threshold, overwrite, tta: as
             :func:`toolkit.inference.predict_raster`, for every scene.
         timeout: longest wait for the whole job, in seconds (``None``: no limit).
@@ -211,6 +212,11 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client,
     ref = ModelRef.of(translation)
     in_rasters = [Path(p) for p in in_rasters]
     outs = _scene_outputs(in_rasters, Path(out_folder), translation, overwrite)
+    if client is None:
+        for in_raster, out in zip(in_rasters, outs):
+            predict_raster(translation, in_raster, out, padding=pad, batch_size=batch_size,
+                           threshold=threshold, tta=tta, overwrite=overwrite)
+        return outs
     futures = {client.submit(predict_scene, ref, str(i), str(o), pad, options, overwrite,
                              retries=retries, pure=False): i for i, o in zip(in_rasters, outs)}
     try:
