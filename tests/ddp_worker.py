@@ -1,13 +1,14 @@
 """The training script tests/test_ddp.py starts under torchrun (not a test module itself).
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py \
-        MODEL CHIPS OUT [--crash-at STEP]
+        MODEL CHIPS OUT [--crash-at STEP] [--resume]
 
 MODEL is ``pix2pix`` or ``cyclegan``. Each rank trains a tiny model on CHIPS for 2 epochs with
 the plain Python API (``fit`` finds torchrun by itself), and writes ``OUT/rank<r>.json``: per
 optimizer step, a digest of every network's parameters (generators and discriminators) and of
 the batch it trained on, and per epoch the chips of its shard. Then ``save`` writes the model to
-``OUT/model`` (rank 0 alone). With ``--crash-at STEP``, rank 1 raises at that step.
+``OUT/model`` (rank 0 alone). With ``--crash-at STEP``, rank 1 raises at that step; with
+``--resume`` the fit continues the unfinished fit of ``OUT/work`` from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("chips")
     parser.add_argument("out")
     parser.add_argument("--crash-at", type=int)
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     torch.manual_seed(0)
@@ -68,7 +70,7 @@ def main() -> None:
         data = prepare_data(args.chips, batch_size=2, num_workers=0)
         model = Pix2Pix(data, ngf=8, ndf=8, working_dir=out / "work")
     digests = StepDigests(model, args.crash_at)
-    model.fit(2, callbacks=[digests])
+    model.fit(2, callbacks=[digests], resume=args.resume)
     emd = model.save(out / "model", compute_metrics=False)
     record = {"rank": torch.distributed.get_rank(), "world_size": ddp.world_size(), "steps": digests.steps,
               "shards": digests.shards, "n_train": len(data.train_ds), "emd": str(emd),

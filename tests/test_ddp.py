@@ -79,14 +79,23 @@ def test_cyclegan_discriminators_are_averaged_too(rotterdam_unpaired, tmp_path):
     check_identical_steps(ranks(out), {"generator_ab", "generator_ba", "discriminator_a", "discriminator_b"})
 
 
-def test_a_failing_rank_ends_the_job_with_its_error(rotterdam_pairs, tmp_path):
+def test_a_failing_rank_ends_the_job_with_its_error_and_the_fit_resumes(rotterdam_pairs, tmp_path):
     out = tmp_path / "run"
     start = time.monotonic()
-    run = torchrun(str(WORKER), "pix2pix", str(rotterdam_pairs), str(out), "--crash-at", "1", cwd=tmp_path)
+    # 14 training chips: 7 a rank, 4 steps an epoch at 2 chips; step 5 is in the second epoch
+    run = torchrun(str(WORKER), "pix2pix", str(rotterdam_pairs), str(out), "--crash-at", "5", cwd=tmp_path)
     assert run.returncode != 0
-    assert "injected failure on rank 1 at step 1" in run.stderr
+    assert "injected failure on rank 1 at step 5" in run.stderr
     assert time.monotonic() - start < TIMEOUT / 2  # ended, not hung until the collective timeout
     assert not (out / "model").exists()
+    # the first epoch's checkpoint (rank 0's) brings both ranks back, in step
+    resumed = torchrun(str(WORKER), "pix2pix", str(rotterdam_pairs), str(out), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    zero, one = ranks(out)
+    assert len(zero["steps"]) == len(one["steps"]) == 4  # the second epoch only
+    assert [s["params"] for s in zero["steps"]] == [s["params"] for s in one["steps"]]
+    assert [r["epoch"] for r in zero["history"]] == [0, 1] and zero["history"] == one["history"]
+    assert (out / "model" / "model.emd").is_file()
 
 
 def test_torchrun_toolkit_train(rotterdam_pairs, tmp_path):
