@@ -39,8 +39,12 @@ def test_round_trip_on_the_atlanta_sample(atlanta, tmp_path):
     assert (info["dataset_type"], info["bands_in"], info["bands_out"]) == ("Classified_Tiles", 1, 2)
 
     trained = result(toolkit("train", str(chips), "--out", str(model), "--epochs", "1", "--ngf", "8",
-                             "--ndf", "8", "--batch-size", "16", "--class-balance", cwd=tmp_path))
+                             "--ndf", "8", "--batch-size", "16", "--class-balance", "--checkpoint", "all",
+                             "--tensorboard", cwd=tmp_path))
     assert Path(trained["dlpk"]).is_file() and "iou" in trained["metrics"]
+    work = model.parent / "buildings_work"
+    assert list((work / "checkpoints").glob("pix2pix-*_epoch0.pth"))
+    assert list((work / "training_log").glob("*/events.out.tfevents.*"))
     assert json.loads((model / "buildings.emd").read_text())["ModelType"] == "Pix2Pix"
     described = result(toolkit("info", trained["dlpk"], cwd=tmp_path))
     assert (described["model_type"], described["epochs_trained"]) == ("Pix2Pix", 1)

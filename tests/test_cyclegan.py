@@ -142,14 +142,14 @@ def test_generator_step_then_discriminator_step(unpaired, tmp_path):
 
 def test_lr_find_linear_schedule_and_losses_plot(unpaired, tmp_path):
     model = CycleGAN(unpaired, working_dir=tmp_path, **TINY)
-    lr = model.lr_find(num_it=8, show_plot=False)
+    lr = model.lr_find(num_it=8, allow_plot=False)
     assert 1e-7 < lr < 1e-1
     model.fit(2, lr=1e-3, schedule="linear", checkpoint=False)
     assert model.history[0]["lr"] == pytest.approx(1e-3) and model.history[1]["lr"] < 1e-3
     fig = model.plot_losses()
     assert len(fig.axes) == 3
     plt.close(fig)
-    with pytest.raises(ValueError, match="monitor 'psnr_b' is not recorded"):
+    with pytest.raises(ValueError, match="monitor 'psnr_b' is not a metric of this model"):
         model.fit(1, monitor="psnr_b")
 
 

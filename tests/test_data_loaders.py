@@ -44,7 +44,7 @@ def test_classified_tiles_gives_fastai_dataloaders(atlanta_tiles):
     assert x.shape == (4, 1, 128, 128) and y.shape == (4, 1, 128, 128)
     assert x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
     assert set(torch.unique(y).tolist()) <= {-1.0, 1.0}  # background -1, building +1
-    assert [c["Value"] for c in data.classes] == [1]
+    assert [c["Value"] for c in data.class_records] == [1]
     json.dumps(data.stats)  # plain and serialisable
     assert data.stats["input"]["source"].startswith("AllTilesStats")
     for _ in data.valid:
@@ -66,7 +66,7 @@ def test_several_classes_are_one_hot(atlanta, tmp_path):
     export_training_data(atlanta["image"], out, in_class_data=atlanta["footprints"], tile_size=128,
                          contour_width=2, progress=False)
     data = prepare_data(out, batch_size=4, transforms=False)
-    assert [c["Name"] for c in data.classes] == ["1", "boundary"] and data.n_bands_out == 2
+    assert [c["Name"] for c in data.class_records] == ["1", "boundary"] and data.n_bands_out == 2
     for i in range(len(data.valid_ds)):
         _, y = data.valid_ds[i]
         with rasterio.open(data.valid_ds.pairs[i].target) as src:
@@ -107,7 +107,7 @@ def test_statistics_from_the_training_chips_when_the_emd_has_none(arcgis_imitati
     assert data.stats["input"]["mean"] == pytest.approx(expected.mean.tolist())
     assert data.stats["input"]["max"] == expected.max.tolist()
     # ArcGIS's classes 1 (ground) and 2 (building): one band each
-    assert data.n_bands_out == 2 and [c["Value"] for c in data.classes] == [1, 2]
+    assert data.n_bands_out == 2 and [c["Value"] for c in data.class_records] == [1, 2]
     sampled = prepare_data(arcgis_imitation, batch_size=2, val_split_pct=0.2, norm_pct=0.4)
     assert sampled.stats["input"]["source"].startswith("6 of the 15 training chips")
 

@@ -132,7 +132,7 @@ def test_lr_find_suggests_the_next_rate(ms2pan_data):
     model = Pix2Pix(ms2pan_data, ngf=8, ndf=8)
     d0 = snapshot(model.discriminator)
     g0 = snapshot(model.generator)
-    lr = model.lr_find(num_it=12, show_plot=True)
+    lr = model.lr_find(num_it=12, allow_plot=True)
     plt.close("all")
     assert 1e-7 < lr < 1e-1
     assert same(d0, snapshot(model.discriminator)) and same(g0, snapshot(model.generator))
@@ -309,7 +309,7 @@ def test_pretrained_path_and_early_stopping(trained, ms2pan_data, tmp_path):
     np.testing.assert_array_equal(again.predict(chip), model.predict(chip))
     again.fit(2, lr=1e-4, early_stopping=1, checkpoint=False)
     assert 1 <= len(again.history) <= 2
-    with pytest.raises(ValueError, match="monitor .accuracy. is not recorded during fit"):
+    with pytest.raises(ValueError, match="monitor .accuracy. is not a metric of this model"):
         again.fit(1, monitor="accuracy")
 
 

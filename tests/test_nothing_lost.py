@@ -230,7 +230,7 @@ def test_read_only_chips_fail_before_any_work(ms2pan, tmp_path):
             pass
         data = prepare_data(chips, batch_size=8)
         model = Pix2Pix(data, ngf=8, ndf=8)
-        for name, call in [("fit", lambda: model.fit(3)), ("lr_find", lambda: model.lr_find(num_it=5, show_plot=False)),
+        for name, call in [("fit", lambda: model.fit(3)), ("lr_find", lambda: model.lr_find(num_it=5, allow_plot=False)),
                            ("save", lambda: model.save("m", compute_metrics=False))]:
             start = time.perf_counter()
             try:

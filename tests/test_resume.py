@@ -228,8 +228,8 @@ def test_a_new_fit_does_not_delete_another_fits_files(data, tmp_path):
 
 def test_two_fits_in_one_folder_keep_separate_files(data, tmp_path):
     a, b = model(data, tmp_path, seed=1), model(data, tmp_path, seed=2)
-    a.fit(1, lr=1e-3, checkpoint="ms2pan")
-    b.fit(1, lr=1e-3, checkpoint="ms2pan")
+    a.fit(1, lr=1e-3, checkpoint_name="ms2pan")
+    b.fit(1, lr=1e-3, checkpoint_name="ms2pan")
     assert a.fit_id != b.fit_id
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == sorted(

@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the last unfinished fit of this --working-dir from its checkpoint")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronised batch norm")
+    p.add_argument("--monitor", default="valid_loss", help="what decides the best epoch (valid_loss, psnr, ssim...)")
+    p.add_argument("--checkpoint", choices=["best", "all", "none"], default="best",
+                   help="checkpoints: the last and best epoch (default), one per epoch too, or none")
+    p.add_argument("--tensorboard", action="store_true", help="log to <working dir>/training_log/ for TensorBoard")
     p.add_argument("--overwrite", action="store_true", help="replace a model the toolkit saved at --out")
 
     p = commands.add_parser("predict", help="a saved model over whole scenes -> GeoTIFFs",
@@ -155,8 +159,10 @@ def _train(args) -> dict | None:
                         working_dir=working_dir)
     if ddp.is_main() and not ddp.launched():
         print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
+    checkpoint = {"best": True, "all": "all", "none": False}[args.checkpoint]
     model.fit(args.epochs, lr=args.lr, schedule=args.schedule, early_stopping=args.early_stopping or False,
-              resume=args.resume, sync_bn=args.sync_bn)
+              checkpoint=checkpoint, tensorboard=args.tensorboard, monitor=args.monitor, resume=args.resume,
+              sync_bn=args.sync_bn)
     emd = model.save(out, overwrite=args.overwrite)
     if not ddp.is_main():
         return None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -31,7 +32,22 @@ __all__ = ["ChipDataLoaders", "FolderDataLoaders", "default_num_workers", "prepa
 
 T = TypeVar("T")
 
-_KWARGS = {"direction", "rgb_bands", "extract_bands"}
+# arcgis.learn prepare_data keywords that the toolkit does not take, and why (named in the error)
+UNSUPPORTED_ARCGIS_KWARGS = {
+    "imagery_type": "bands are read as they are; pick them with extract_bands= and rgb_bands=",
+    "stratify": "the split is a seeded random split of the chips",
+    "downsample_factor": "use resize_to= for smaller chips",
+    "n_masks": "not a Pix2Pix/CycleGAN option",
+    "min_cell_size": "not a Pix2Pix/CycleGAN option",
+    "chip_type": "not a Pix2Pix/CycleGAN option",
+    "timesteps_of_interest": "not a Pix2Pix/CycleGAN option",
+    "channels_of_interest": "not a Pix2Pix/CycleGAN option",
+}
+
+
+_ARGUMENTS = ("path", "class_mapping", "chip_size", "val_split_pct", "batch_size", "transforms",
+              "collate_fn", "seed", "dataset_type", "resize_to", "working_dir", "norm_pct",
+              "num_workers", "direction", "rgb_bands", "extract_bands")
 
 
 def default_num_workers() -> int:
@@ -52,6 +68,8 @@ class FolderDataLoaders(DataLoaders):
         self._chip_size = chip_size
         self._resized = resized  # chip size after resize_to, before any crop
         self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
+        # arcgis.learn's working_dir: models trained on this data save under <working_dir>/models
+        self.working_dir: Path | None = None
 
     @property
     def chip_size(self) -> int | tuple[int, int]:
@@ -102,9 +120,22 @@ class ChipDataLoaders(BandCounts, FolderDataLoaders):
         return (native[0] * header.width / self._resized[0], native[1] * header.height / self._resized[1])
 
     @property
-    def classes(self) -> list[dict]:
-        """Classified_Tiles: ``[{"Value", "Name", "Color"}]``; empty for image targets."""
+    def class_records(self) -> list[dict]:
+        """Classified_Tiles: the toolkit's class records ``[{"Value", "Name", "Color"}]``;
+        empty for image targets."""
         return list(self.target_norm.classes) if isinstance(self.target_norm, MaskEncoding) else []
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, as arcgis.learn gives them (Classified_Tiles); empty for image targets.
+        The values and colours are in :attr:`class_records`."""
+        return [str(c.get("Name", c["Value"])) for c in self.class_records]
+
+    @property
+    def class_mapping(self) -> dict[int, str]:
+        """``{value: name}`` of the classes, as arcgis.learn's ``data.class_mapping``; empty for
+        image targets."""
+        return {int(c["Value"]): str(c.get("Name", c["Value"])) for c in self.class_records}
 
     def use_normalization(self, input_norm: BandNorm, target_norm: BandNorm | MaskEncoding) -> None:
         """Scale this data's chips with other statistics from now on (a saved model's, for
@@ -115,7 +146,7 @@ class ChipDataLoaders(BandCounts, FolderDataLoaders):
         if isinstance(target_norm, MaskEncoding) != isinstance(self.target_norm, MaskEncoding) or (
                 isinstance(target_norm, MaskEncoding) and target_norm.values != self.target_norm.values):
             raise ValueError(f"{self.path}: the data's target ({self.target_norm.to_dict().get('kind')}, "
-                             f"classes {[c['Value'] for c in self.classes]}) does not match the model's "
+                             f"classes {[c['Value'] for c in self.class_records]}) does not match the model's "
                              f"({target_norm.to_dict().get('kind')}"
                              + (f", classes {target_norm.values}" if isinstance(target_norm, MaskEncoding) else "")
                              + ").")
@@ -146,72 +177,102 @@ class ChipDataLoaders(BandCounts, FolderDataLoaders):
     def display_target(self, y: np.ndarray) -> np.ndarray:
         """A target ``(bands, h, w)`` in [-1, 1] as a picture: class colours or stretched bands."""
         if isinstance(self.target_norm, MaskEncoding):
-            return viz.mask_to_rgb(self.target_norm.decode(y), self.classes)
+            return viz.mask_to_rgb(self.target_norm.decode(y), self.class_records)
         return viz.to_display(y)
 
 
 def prepare_data(
-    path: str | os.PathLike,
-    *,
-    batch_size: int = 8,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    class_mapping: Mapping[int, str] | None = None,
+    chip_size: int | tuple[int, int] | None = None,
     val_split_pct: float = 0.1,
+    batch_size: int = 8,
+    transforms=None,
+    collate_fn: Callable | None = None,
     seed: int = 42,
     dataset_type: str | None = None,
-    chip_size: int | tuple[int, int] | None = None,
     resize_to: int | tuple[int, int] | None = None,
-    transforms=None,
+    working_dir: str | os.PathLike | None = None,
+    *,
     norm_pct: float = 1.0,
     num_workers: int | None = None,
+    direction: str = "AtoB",
+    rgb_bands: Sequence[int] | None = None,
+    extract_bands: Sequence[int] | None = None,
     **kwargs,
 ) -> ChipDataLoaders | UnpairedDataLoaders:
     """Read a chip folder into fastai DataLoaders of ``(input, target)`` batches in [-1, 1].
 
-    An unpaired (CycleGAN) folder gives :class:`~toolkit.data.unpaired.UnpairedDataLoaders` of
-    ``(a, b)`` batches instead, one chip of each domain (see :mod:`toolkit.data.unpaired`).
+    The arguments up to ``working_dir`` are arcgis.learn's, in its order, so
+    ``prepare_data(path, None, 256, 0.1, 8)`` runs as it does there; the toolkit's own options
+    follow, keyword-only. An unpaired (CycleGAN) folder gives
+    :class:`~toolkit.data.unpaired.UnpairedDataLoaders` of ``(a, b)`` batches instead, one chip
+    of each domain (see :mod:`toolkit.data.unpaired`).
 
     Args:
         path: a chip folder in any layout of :mod:`toolkit.data.layouts` (ArcGIS Export_Tiles or
             Classified_Tiles, ``Images/train_a`` + ``train_b``, or side-by-side A|B images), or
-            an unpaired one: ``A/`` + ``B/`` (CycleGAN export), ``trainA/`` + ``trainB/``.
-        batch_size: chips per batch.
+            an unpaired one: ``A/`` + ``B/`` (CycleGAN export), ``trainA/`` + ``trainB/``. A list
+            of paired folders (several exports, as arcgis.learn takes them) is read as one: their
+            chips are concatenated; they must share dataset type, band counts and classes.
+        class_mapping: ``{value: name}``: new names for classes of a Classified_Tiles target
+            (``data.classes``, the saved model's ``Classes``); values must be classes of the data.
+        chip_size: crop chips to this size (random crops when training, centred for
+            validation); default the chips' own size (arcgis.learn's default, 224, would crop).
         val_split_pct: share of the chips held out for validation (side-by-side folders with a
             ``val/`` folder use it instead).
-        seed: seed of the train/validation split and of the statistics sample; the same seed
-            gives the same split.
-        dataset_type: ``"Pix2Pix"``, ``"Classified_Tiles"`` or ``"CycleGAN"``; detected from the
-            folder by default (``images/`` + ``images2/`` is Pix2Pix unless its metadata says
-            CycleGAN).
-        chip_size: crop chips to this size (random crops when training, centred for validation).
-        resize_to: resize chips to this size first (bilinear; nearest for labels).
+        batch_size: chips per batch (arcgis.learn's default is 64; 8 suits CPUs and small GPUs).
         transforms: ``None``: random flips and 90-degree rotations, the same for input and target,
             on the training set only. ``False``: none. A list of fastai batch transforms (e.g.
             ``[Flip(), Rotate()]``): applied instead, to input and target together, training only.
+        collate_fn: makes a batch from a list of samples (``(input, target)`` tensors), for
+            both loaders; default fastai's ``fa_collate``.
+        seed: seed of the train/validation split and of the statistics sample; the same seed
+            gives the same split.
+        dataset_type: ``"Pix2Pix"`` (or ``"Export_Tiles"``), ``"Classified_Tiles"`` or
+            ``"CycleGAN"``; detected from the folder by default (``images/`` + ``images2/`` is
+            Pix2Pix unless its metadata says CycleGAN).
+        resize_to: resize chips to this size first (bilinear; nearest for labels).
+        working_dir: default working folder of models trained on this data: they save and
+            checkpoint under ``<working_dir>/models/`` (else ``<path>/models/``).
         norm_pct: share of the training chips (a seeded sample) that the per-band statistics are
             computed from, when the folder's .emd does not hold them (``AllTilesStats``).
         num_workers: loader processes; default :func:`default_num_workers`.
-        **kwargs: ``direction="AtoB"|"BtoA"`` (side-by-side folders), ``rgb_bands`` (default
-            bands for figures), ``extract_bands`` (0-based input bands to keep).
+        direction: ``"AtoB"`` or ``"BtoA"``: which half of side-by-side images is the input.
+        rgb_bands: default 0-based bands of the input shown by figures.
+        extract_bands: 0-based input bands to keep (paired folders).
+        **kwargs: none is accepted: arcgis.learn options the toolkit does not take raise a
+            ``TypeError`` that names them and says why.
 
     Returns:
         :class:`ChipDataLoaders`, a fastai ``DataLoaders``. Nothing is written into ``path``.
     """
     check_arguments(val_split_pct=val_split_pct, norm_pct=norm_pct, num_workers=num_workers, kwargs=kwargs)
-    if unpaired_layout(path, dataset_type) is not None:
+    paths = _paths(path)
+    if any(unpaired_layout(p, dataset_type) is not None for p in paths):
         from toolkit.data.unpaired import unpaired_loaders  # late: it builds on this module
 
-        for key in ("extract_bands", "direction"):
-            if kwargs.get(key) is not None:
-                raise ValueError(f"{key} applies to paired folders; {path} holds unpaired (CycleGAN) "
+        if len(paths) > 1:
+            raise ValueError(f"a list of folders is read for paired data only; {paths} include an "
+                             "unpaired (CycleGAN) folder: pass one unpaired folder.")
+        for key, value in (("extract_bands", extract_bands), ("direction", None if direction == "AtoB" else direction),
+                           ("class_mapping", class_mapping)):
+            if value is not None:
+                raise ValueError(f"{key} applies to paired folders; {paths[0]} holds unpaired (CycleGAN) "
                                  "domains, each read with all of its bands.")
-        return unpaired_loaders(index_unpaired(path, dataset_type=dataset_type), batch_size=batch_size,
+        data = unpaired_loaders(index_unpaired(paths[0], dataset_type=dataset_type), batch_size=batch_size,
                                 val_split_pct=val_split_pct, seed=seed, chip_size=chip_size,
                                 resize_to=resize_to, transforms=transforms, norm_pct=norm_pct,
-                                num_workers=num_workers, rgb_bands=kwargs.get("rgb_bands"))
-    folder = index_folder(path, dataset_type=dataset_type, direction=kwargs.get("direction", "AtoB"))
-    extract_bands = _extract_bands(kwargs.get("extract_bands"), folder.input_header.bands)
+                                num_workers=num_workers, rgb_bands=rgb_bands, collate_fn=collate_fn)
+        data.working_dir = Path(working_dir) if working_dir is not None else None
+        return data
+    folder = merge_folders([index_folder(p, dataset_type=dataset_type, direction=direction) for p in paths])
+    if class_mapping is not None:
+        folder = dataclasses.replace(folder, classes=rename_classes(folder, class_mapping))
+    extract = _extract_bands(extract_bands, folder.input_header.bands)
     train_pairs, valid_pairs = split_pairs(folder, val_split_pct, seed)
 
-    input_norm, target_norm = _norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract_bands)
+    input_norm, target_norm = _norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract)
     resize, size, crop = chip_sizes((folder.input_header.width, folder.input_header.height),
                                     resize_to, chip_size, where=f"the chips of {folder.path}")
     augment = transforms is None
@@ -219,22 +280,90 @@ def prepare_data(
     def dataset(pairs: list[ChipPair], train: bool) -> ChipPairDataset:
         return ChipPairDataset(pairs, input_norm=input_norm, target_norm=target_norm, train=train,
                                augment=augment, resize_to=resize, chip_size=crop,
-                               extract_bands=extract_bands)
+                               extract_bands=extract)
 
     train_dl, valid_dl, device = loaders(dataset(train_pairs, True), dataset(valid_pairs, False),
                                          batch_size=batch_size, num_workers=num_workers,
-                                         transforms=transforms)
-    return ChipDataLoaders(train_dl, valid_dl, folder=folder, input_norm=input_norm,
+                                         transforms=transforms, collate_fn=collate_fn)
+    data = ChipDataLoaders(train_dl, valid_dl, folder=folder, input_norm=input_norm,
                            target_norm=target_norm, chip_size=crop or size, resized=size,
-                           rgb_bands=kwargs.get("rgb_bands"), device=device)
+                           rgb_bands=rgb_bands, device=device)
+    data.working_dir = Path(working_dir) if working_dir is not None else None
+    return data
+
+
+def _paths(path) -> list[Path]:
+    """``path`` as a list of folders: one, or the several of a list (arcgis.learn's multi-folder)."""
+    if isinstance(path, (str, os.PathLike)):
+        return [Path(path)]
+    paths = [Path(p) for p in path]
+    if not paths:
+        raise ValueError("prepare_data() got an empty list of folders.")
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"prepare_data() got the same folder twice: {[str(p) for p in paths]}.")
+    return paths
+
+
+def merge_folders(folders: list[ChipFolder]) -> ChipFolder:
+    """One :class:`ChipFolder` of the chips of several exports (the first's path, layout, headers,
+    band names and cell size). They must agree in dataset type, input and target band counts,
+    chip size and class values; ``ValueError`` naming the first folder that does not. The .emd
+    statistics are kept only when every folder has the same ones; else they are computed from
+    the chips. A fixed validation set (side by side ``val/``) is kept only from one folder."""
+    first = folders[0]
+    if len(folders) == 1:
+        return first
+    values = lambda f: [int(c["Value"]) for c in f.classes]  # noqa: E731
+    for other in folders[1:]:
+        checks = [("dataset type", first.dataset_type, other.dataset_type),
+                  ("input bands", first.input_header.bands, other.input_header.bands),
+                  ("target bands", first.target_header.bands, other.target_header.bands),
+                  ("chip size (width, height)", (first.input_header.width, first.input_header.height),
+                   (other.input_header.width, other.input_header.height)),
+                  ("class values", values(first), values(other))]
+        for what, mine, theirs in checks:
+            if mine != theirs:
+                raise ValueError(f"prepare_data() reads a list of folders as one, so they must agree; "
+                                 f"{other.path} has {what} {theirs}, {first.path} {mine}.")
+    if any(f.valid_pairs for f in folders):
+        raise ValueError("a list of folders cannot hold side-by-side folders with their own val/ "
+                         f"set ({[str(f.path) for f in folders if f.valid_pairs]}); pass one such folder.")
+    same = lambda key: all(getattr(f, key) == getattr(first, key) for f in folders)  # noqa: E731
+    return dataclasses.replace(
+        first, pairs=[p for f in folders for p in f.pairs],
+        input_stats=first.input_stats if same("input_stats") else None,
+        target_stats=first.target_stats if same("target_stats") else None,
+        cell_size=first.cell_size if same("cell_size") else None)
+
+
+def rename_classes(folder: ChipFolder, class_mapping: Mapping[int, str]) -> list[dict]:
+    """The folder's class records with the names of ``class_mapping`` (``{value: name}``, values
+    as ints or strings of ints). ``ValueError`` when the data has no classes or a value is not one
+    of them."""
+    if folder.dataset_type != CLASSIFIED_TILES:
+        raise ValueError(f"class_mapping names the classes of a Classified_Tiles target; the target "
+                         f"of {folder.path} is an image ({folder.dataset_type}).")
+    try:
+        mapping = {int(k): str(v) for k, v in dict(class_mapping).items()}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"class_mapping must map class values (integers) to names, got {class_mapping!r}.") from err
+    classes = folder.classes or _classes_from_labels(folder.pairs)
+    known = {int(c["Value"]) for c in classes}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ValueError(f"class_mapping names values {unknown} that are not classes of {folder.path} "
+                         f"(its classes: {sorted(known)}).")
+    return [c | {"Name": mapping.get(int(c["Value"]), c.get("Name", str(c["Value"])))} for c in classes]
 
 
 def check_arguments(*, val_split_pct: float, norm_pct: float, num_workers: int | None, kwargs: dict) -> None:
-    """Refuse what :func:`prepare_data` cannot take: unknown keywords, out-of-range shares."""
-    unknown = set(kwargs) - _KWARGS
-    if unknown:
-        raise TypeError(f"prepare_data() got unexpected keyword argument(s) {sorted(unknown)}; "
-                        f"accepted besides the named ones: {sorted(_KWARGS)}.")
+    """Refuse what :func:`prepare_data` cannot take: any keyword it does not name (arcgis.learn
+    options the toolkit does not take, with the reason), out-of-range shares."""
+    if kwargs:
+        reasons = [f"{k} ({UNSUPPORTED_ARCGIS_KWARGS[k]})" if k in UNSUPPORTED_ARCGIS_KWARGS else f"{k} (unknown)"
+                   for k in sorted(kwargs)]
+        raise TypeError(f"prepare_data() does not take the keyword argument(s) {', '.join(reasons)}. "
+                        f"Its arguments: {', '.join(_ARGUMENTS)}.")
     if not 0.0 <= val_split_pct < 1.0:
         raise ValueError(f"val_split_pct must lie in [0, 1), got {val_split_pct}.")
     if not 0.0 < norm_pct <= 1.0:
@@ -256,17 +385,20 @@ def chip_sizes(native: tuple[int, int], resize_to, chip_size, *, where: str):
     return resize, size, crop
 
 
-def loaders(train_ds, valid_ds, *, batch_size: int, num_workers: int | None, transforms):
+def loaders(train_ds, valid_ds, *, batch_size: int, num_workers: int | None, transforms,
+            collate_fn: Callable | None = None):
     """fastai ``TfmdDL`` s over a training and a validation dataset, and the device they load to.
 
-    A list of ``transforms`` becomes batch transforms (fastai skips them on validation)."""
+    A list of ``transforms`` becomes batch transforms (fastai skips them on validation);
+    ``collate_fn`` (a list of samples -> a batch) replaces fastai's ``fa_collate``."""
     batch_tfms = list(transforms) if transforms not in (None, False) else []
     workers = default_num_workers() if num_workers is None else num_workers
     device = local_device()  # under torchrun with GPUs: this process's own GPU
+    extra = {"create_batch": collate_fn} if collate_fn is not None else {}
     train_dl = TfmdDL(train_ds, bs=batch_size, shuffle=True, num_workers=workers,
-                      after_batch=batch_tfms, device=device)
+                      after_batch=batch_tfms, device=device, **extra)
     valid_dl = TfmdDL(valid_ds, bs=batch_size, shuffle=False, num_workers=workers,
-                      after_batch=batch_tfms, device=device)
+                      after_batch=batch_tfms, device=device, **extra)
     return train_dl, valid_dl, device
 
 

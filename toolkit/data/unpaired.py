@@ -186,7 +186,17 @@ class UnpairedDataLoaders(FolderDataLoaders):
     n_bands_out = property(lambda self: self.n_bands_b, doc="Band count of domain B.")
 
     @property
-    def classes(self) -> list[dict]:
+    def classes(self) -> list[str]:
+        """Always empty: both domains are images (arcgis.learn's ``data.classes``)."""
+        return []
+
+    @property
+    def class_mapping(self) -> dict[int, str]:
+        """Always empty: both domains are images (arcgis.learn's ``data.class_mapping``)."""
+        return {}
+
+    @property
+    def class_records(self) -> list[dict]:
         """Always empty: both domains are images."""
         return []
 
@@ -255,7 +265,8 @@ class UnpairedDataLoaders(FolderDataLoaders):
 
 def unpaired_loaders(folder: UnpairedFolder, *, batch_size: int, val_split_pct: float, seed: int,
                      chip_size, resize_to, transforms, norm_pct: float, num_workers: int | None,
-                     rgb_bands: Sequence[int] | None = None) -> UnpairedDataLoaders:
+                     rgb_bands: Sequence[int] | None = None,
+                     collate_fn=None) -> UnpairedDataLoaders:
     """The DataLoaders of an indexed unpaired folder; :func:`~toolkit.data.loaders.prepare_data`
     (which checks the arguments) calls this with its own.
 
@@ -263,7 +274,8 @@ def unpaired_loaders(folder: UnpairedFolder, *, batch_size: int, val_split_pct: 
     from its .emd (``AllTilesStats``) or from ``norm_pct`` of its training chips. Both domains'
     chips must have one pixel size after ``resize_to``. ``transforms=None`` augments each domain
     independently, ``False`` not at all; a list of fastai batch transforms is applied to both
-    with one draw per batch. ``rgb_bands`` picks domain A's bands for figures.
+    with one draw per batch. ``rgb_bands`` picks domain A's bands for figures; ``collate_fn``
+    (a list of ``(a, b)`` samples -> a batch) replaces fastai's ``fa_collate``.
     """
     a, b = folder.a, folder.b
     resize, size, crop_size = _common_size(folder, resize_to, chip_size)
@@ -284,7 +296,7 @@ def unpaired_loaders(folder: UnpairedFolder, *, batch_size: int, val_split_pct: 
                              False, crop_to=crop_size or size)
     train_dl, valid_dl, device = loaders(dataset(train_a, train_b, True), dataset(valid_a, valid_b, False),
                                          batch_size=batch_size, num_workers=num_workers,
-                                         transforms=transforms)
+                                         transforms=transforms, collate_fn=collate_fn)
     return UnpairedDataLoaders(train_dl, valid_dl, folder=folder, norm_a=norm_a, norm_b=norm_b,
                                chip_size=crop_size or size, resized=size, test_pairs=test_pairs,
                                rgb_bands=rgb_bands, device=device)

@@ -41,7 +41,8 @@ from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_
                          check_writable_folder)
 from toolkit.data.chips import read_chip
 from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding, target_from_dict
-from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
+from toolkit.models.checkpoint import (Checkpoint, checkpoint_path, find_resumable, load_checkpoint, new_fit_id,
+                                      plain_state)
 from toolkit.models.emd_schema import check_state_fits, check_weights_fit
 from toolkit.models.gan import History, loss_metrics
 from toolkit.models.model_folder import read_model_folder, write_model_folder
@@ -50,9 +51,10 @@ from toolkit.raster import is_toolkit_raster, write_raster
 from toolkit.stats import band_validity, check_band_coverage
 
 with quiet_import():
+    from fastai.callback.core import Callback
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.schedule import ParamScheduler, SchedLin, SchedNo, combine_scheds
-    from fastai.learner import Learner
+    from fastai.learner import Learner, ValueMetric
     from fastai.optimizer import Adam
     from fastai.torch_core import default_device
 
@@ -270,8 +272,9 @@ class TranslationModel:
             self.network_names.append(name)
         self._init_networks()
         self.trainer = self._make_trainer()
+        data_dir = getattr(data, "working_dir", None)  # prepare_data(working_dir=): <it>/models
         self.models_dir = Path(working_dir) if working_dir else (
-            Path(data.path) / "models" if data is not None else None)
+            Path(data_dir) / "models" if data_dir else Path(data.path) / "models" if data is not None else None)
         self.learn = None
         if data is not None:
             cbs = [self.trainer]
@@ -305,10 +308,11 @@ class TranslationModel:
         return ["valid_loss", "train_loss", *self.trainer.loss_names]
 
     @classmethod
-    def from_model(cls, path: str | os.PathLike, data=None, *, normalization: str = "model",
+    def from_model(cls, emd_path: str | os.PathLike, data=None, *, normalization: str = "model",
                    working_dir: str | os.PathLike | None = None):
         """Load a saved model (its ``.emd``, folder or ``.dlpk``) for inference, or, with ``data``,
-        to train further (fine-tuning). Without data, ``fit`` raises a clear error.
+        to train further (fine-tuning). Without data, ``fit`` raises a clear error. Called as
+        arcgis.learn's ``from_model(emd_path, data=None)`` (ArcGIS Pro's loaders pass both by name).
 
         Args:
             normalization: with ``data``: ``"model"`` (default) trains on the data's chips scaled
@@ -320,7 +324,7 @@ class TranslationModel:
         """
         if normalization not in ("model", "data"):
             raise ValueError(f"normalization must be 'model' or 'data', got {normalization!r}.")
-        emd, weights, emd_path = read_model_folder(path)  # a validated .emd, size-capped reads
+        emd, weights, emd_path = read_model_folder(emd_path)  # a validated .emd, size-capped reads
         if emd["ModelType"] != getattr(cls, "model_type", None):
             if cls is not TranslationModel:
                 raise ValueError(f"{emd_path}: a {emd['ModelType']} model, not a {cls.model_type}; load it "
@@ -388,26 +392,41 @@ class TranslationModel:
 
     fit_id: str | None = None  # the id of the last fit (its checkpoint files); set by fit()
 
-    def fit(self, epochs: int = 10, lr: float | None = None, one_cycle: bool = True,
+    def fit(self, epochs: int = 10, lr: float | slice | None = None, one_cycle: bool = True,
             early_stopping: bool | int = False, checkpoint: bool | str = True,
-            monitor: str = "valid_loss", resume: bool | str = False, schedule: str | None = None,
-            callbacks: list | None = None, distributed: bool | None = None,
-            sync_bn: bool = False) -> None:
-        """Train for ``epochs`` epochs.
+            tensorboard: bool = False, monitor: str = "valid_loss", *,
+            checkpoint_name: str | None = None, resume: bool | str = False,
+            schedule: str | None = None, callbacks: list | None = None,
+            distributed: bool | None = None, sync_bn: bool = False) -> None:
+        """Train for ``epochs`` epochs. The arguments up to ``monitor`` are arcgis.learn's, in
+        its order; the toolkit's own follow, keyword-only.
 
         Args:
-            lr: learning rate; default the last :meth:`lr_find` suggestion, else 2e-4.
+            lr: learning rate, a float or a ``slice`` (arcgis.learn, fastai): a slice's
+                ``stop`` is used, as fastai does for a model of one layer group (the
+                generators are one group here); default the last :meth:`lr_find` suggestion,
+                else 2e-4 (arcgis.learn runs ``lr_find`` instead).
             one_cycle: fastai's one-cycle learning-rate schedule (beta1 stays 0.5); else constant.
+            early_stopping: stop when ``monitor`` has not improved for 5 epochs (or this many).
+            checkpoint: ``True``: after each epoch write a checkpoint to
+                ``<working_dir>/checkpoints/``: ``<name>-<fit id>_last.pth`` and, when
+                ``monitor`` improved, ``_best.pth``; the best epoch is restored at the end.
+                ``"all"`` (arcgis.learn) also keeps every epoch's, ``_epoch<N>.pth`` (N from 0).
+                ``False``: none. Each fit has its own files (id in :attr:`fit_id`); none of
+                another fit's are touched.
+            tensorboard: log the losses, learning rate, validation metrics and a
+                ``show_results`` image per epoch to ``<working_dir>/training_log/<name>-<fit
+                id>/`` (:mod:`toolkit.models.tensorboard`); open with ``tensorboard --logdir
+                <working_dir>/training_log``.
+            monitor: what checkpoints and early stopping follow: any of
+                :attr:`available_metrics` (``valid_loss`` is the validation reconstruction
+                error: L1 for Pix2Pix, the cycle L1 for CycleGAN). Scores that fit does not
+                record itself (``psnr``, ``ssim``...) are computed on the validation chips after
+                each epoch, as :meth:`compute_metrics` does, and recorded in the history.
+            checkpoint_name: the checkpoints' file name stem; default the model's
+                (``"pix2pix"``, ``"cyclegan"``).
             schedule: ``"linear"`` (or ``"linear_decay"``): the papers' schedule, constant for
                 the first half of the epochs, then linear to 0 (overrides ``one_cycle``).
-            early_stopping: stop when ``monitor`` has not improved for 5 epochs (or this many).
-            checkpoint: after each epoch write a checkpoint to ``<working_dir>/checkpoints/``:
-                ``<name>-<fit id>_last.pth`` and, when ``monitor`` improved, ``_best.pth``
-                (``name`` is the model's checkpoint name, e.g. ``"pix2pix"``, or this string);
-                the best epoch is restored at the end. Each fit has its own files (id in
-                :attr:`fit_id`); none of another fit's are touched.
-            monitor: one of :attr:`recorded` (``valid_loss`` is the validation reconstruction
-                error: L1 for Pix2Pix, the cycle L1 for CycleGAN).
             resume: ``True`` continues the most recently saved unfinished fit of this checkpoint
                 name, a fit id continues that fit, from its last checkpoint: same ``epochs``; the
                 learning rate, schedule, monitor and early stopping (unless given; 0 turns it
@@ -423,6 +442,7 @@ class TranslationModel:
         """
         self._require_data("fit")
         self._check_working_dir("fit")
+        lr = learning_rate(lr)  # checked before any work
         parallel = distributed is not False and ddp.init_distributed()
         if distributed and not parallel:
             raise ValueError("distributed=True trains over the processes torchrun starts: launch "
@@ -432,9 +452,11 @@ class TranslationModel:
                              "this fit runs in one process.")
         if schedule not in (None, *self.schedules):
             raise ValueError(f"schedule must be None or one of {list(self.schedules)}, got {schedule!r}.")
-        if monitor not in self.recorded:
-            raise ValueError(f"monitor {monitor!r} is not recorded during fit; choose one of {self.recorded}.")
-        name = checkpoint if isinstance(checkpoint, str) else self.checkpoint_name
+        if isinstance(checkpoint, str) and checkpoint != "all":
+            raise ValueError(f"checkpoint must be True, False or 'all' (a checkpoint per epoch), got "
+                             f"{checkpoint!r}; name the checkpoint files with checkpoint_name=.")
+        self._check_monitor(monitor)
+        name = checkpoint_name or self.checkpoint_name
         folder = self.models_dir / "checkpoints"
         start, state = 0, None
         if resume:
@@ -456,7 +478,8 @@ class TranslationModel:
                 return
         else:
             self.fit_id = ddp.broadcast_object(new_fit_id(folder, name))  # rank 0's names the files
-        lr = float(lr or self._suggested_lr or self.default_lr)
+        lr = lr or float(self._suggested_lr or self.default_lr)
+        self._check_monitor(monitor)  # a resumed fit's, too
         patience = None if not early_stopping else 5 if early_stopping is True else int(early_stopping)
         fit_config = {"epochs": epochs, "lr": lr, "one_cycle": one_cycle, "schedule": schedule,
                       "patience": patience, "processes": ddp.world_size()}
@@ -466,6 +489,7 @@ class TranslationModel:
                                         ddp.broadcast_object(int.from_bytes(os.urandom(4), "little")))
         main = ddp.is_main()
         cbs = [History(self.history, start_epoch=start), *(callbacks or [])]
+        scores = self._score_metrics(monitor)
         if checkpoint or patience or state:
             # One callback tracks the best epoch for both: early stopping's state is saved with
             # the checkpoint of the epoch, before the fit stops. It also puts a resumed fit's
@@ -475,6 +499,17 @@ class TranslationModel:
                                   scalers={"scaler": lambda: getattr(self.learn, "scaler", None),
                                            "d_scaler": lambda: self.trainer.d_scaler},
                                   patience=patience, resume=state, verbose=main))
+            if checkpoint == "all" and main:
+                cbs.append(EpochCheckpoints(cbs[-1]))
+        if tensorboard:
+            from toolkit.models.tensorboard import LOG_FOLDER, TensorBoardLog
+
+            log_dir = self.models_dir / LOG_FOLDER / f"{name}-{self.fit_id}"
+            cbs.append(TensorBoardLog(log_dir, self.trainer.loss_names, figure=self._tensorboard_figure,
+                                      start_epoch=start))
+            if main:
+                print(f"Training log for TensorBoard in {log_dir}: tensorboard --logdir "
+                      f"{self.models_dir / LOG_FOLDER}")
         if parallel:
             n, batch = ddp.world_size(), self.data.train.bs
             if main:
@@ -486,6 +521,8 @@ class TranslationModel:
         if not main:  # one progress bar and one table: rank 0's
             quiet.enter_context(self.learn.no_bar())
             quiet.enter_context(self.learn.no_logging())
+        metrics = list(self.learn.metrics)
+        self.learn.metrics = metrics + scores  # for this fit only
         with quiet:
             try:
                 if schedule in ("linear", "linear_decay"):
@@ -498,25 +535,63 @@ class TranslationModel:
                 else:
                     self.learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
             finally:
+                self.learn.metrics = metrics
                 if isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
                     self.learn.model = self.learn.model.module  # a failed fit leaves no wrapper
                     self.trainer.grad_sync = None
 
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 1e-1, num_it: int = 100,
-                show_plot: bool = True) -> float:
+    def _check_monitor(self, monitor: str) -> None:
+        """``ValueError`` unless ``fit`` can follow ``monitor``: a recorded value or a metric of
+        :attr:`available_metrics` that this data can score."""
+        if monitor in self.recorded:
+            return
+        if monitor not in self.available_metrics:
+            raise ValueError(f"monitor {monitor!r} is not a metric of this model; choose one of "
+                             f"{self.available_metrics}.")
+        self._check_scorable(monitor)
+
+    def _check_scorable(self, metric: str) -> None:
+        """``ValueError`` when this model's data cannot give ``metric`` (CycleGAN's PSNR needs
+        true pairs); every metric is scorable by default."""
+
+    def _score_metrics(self, monitor: str) -> list:
+        """fastai metrics for this fit: ``monitor`` when it is a validation score that fit does
+        not record by itself (computed after each validation, as :meth:`compute_metrics`)."""
+        if monitor in self.recorded:
+            return []
+        return [ValidationScore(self, monitor)]
+
+    def _tensorboard_figure(self) -> Figure:
+        """The results figure TensorBoard shows per epoch: ``show_results`` of a few chips."""
+        return self.show_results(rows=min(4, len(self.data.valid_ds)))
+
+    def lr_find(self, allow_plot: bool = True, *, start_lr: float = 1e-7, end_lr: float = 1e-1,
+                num_it: int = 100) -> float:
         """Run fastai's learning-rate finder on the reconstruction part of the generator loss (L1
         for Pix2Pix, cycle and identity for CycleGAN; the GAN terms say little about the step
-        size) and return the suggested rate, used by the next ``fit``."""
+        size) and return the suggested rate, used by the next ``fit``. ``allow_plot``
+        (arcgis.learn's name) shows the loss against the learning rate."""
         self._require_data("lr_find")
         self._check_working_dir("lr_find")
         self.trainer.l1_only = True
         try:
             suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
-                                            show_plot=show_plot)
+                                            show_plot=allow_plot)
         finally:
             self.trainer.l1_only = False
         self._suggested_lr = float(suggestion.valley)
         return self._suggested_lr
+
+    def unfreeze(self) -> None:
+        """Make every layer of the generator(s) trainable, as arcgis.learn's ``unfreeze`` (fastai's
+        ``Learner.unfreeze``). The toolkit freezes nothing (a ``backbone`` starts from random or
+        local weights and trains with the rest), so this changes nothing unless layers were
+        frozen by hand (``requires_grad``); it is here so that arcgis.learn code runs unchanged."""
+        self._require_data("unfreeze")
+        self.learn.unfreeze()
+        for net in self.networks.values():
+            if net not in self.trainer.discriminators:  # trainable only in their own step
+                net.requires_grad_(True)
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -623,11 +698,19 @@ class TranslationModel:
 
     # --- saving ----------------------------------------------------------------------------------
 
-    def save(self, name_or_path: str | os.PathLike, save_optimizer: bool = False,
-             compute_metrics: bool = True, save_inference_file: bool = True,
-             overwrite: bool = False) -> Path:
+    def save(self, name_or_path: str | os.PathLike, framework: str = "PyTorch", publish: bool = False,
+             gis=None, compute_metrics: bool = True, save_optimizer: bool = False,
+             save_inference_file: bool = True, overwrite: bool = False) -> Path:
         """Save to ``<working_dir>/<name>/`` (or the given folder): ``<name>.pth``, ``<name>.emd``,
-        ``ModelCharacteristics/`` figures and ``<name>.dlpk``; returns the ``.emd`` path.
+        ``ModelCharacteristics/`` figures and ``<name>.dlpk``; returns the ``.emd`` path. The
+        arguments are arcgis.learn's, in its order.
+
+        ``framework`` must be ``"PyTorch"`` (arcgis.learn's ``"TF-ONNX"`` exists for some of its
+        detectors only). ``publish=True`` (with ``gis``) would upload the ``.dlpk`` to ArcGIS
+        Online or Enterprise, which needs the ``arcgis`` package and a portal: it raises
+        ``ValueError`` before anything is written, naming the ``.dlpk`` to add as a "Deep Learning
+        Package" item yourself. ``compute_metrics`` scores the validation chips first (stored in
+        the ``.emd``); ``save_optimizer`` keeps both optimizers' states in the ``.pth``.
 
         With ``save_inference_file`` (arcgis.learn's name), the Python raster function that
         ArcGIS Pro runs (``ArcGISImageTranslation.py``, the ``.emd``'s ``InferenceFunction``; see
@@ -640,6 +723,18 @@ class TranslationModel:
         and nothing else; the training chips are never written over.
 
         Under ``torchrun`` rank 0 writes the model; the other ranks wait for it and return its path."""
+        if str(framework).lower() != "pytorch":
+            raise ValueError(f"framework {framework!r} is not supported: the toolkit saves PyTorch "
+                             "weights (framework='PyTorch'); arcgis.learn's 'TF-ONNX' exists for some "
+                             "of its object detectors only, not for image translation.")
+        if publish:
+            where = Path(name_or_path)
+            folder = where if len(where.parts) > 1 or where.is_absolute() else (
+                (self.models_dir / where) if self.models_dir is not None else where)
+            raise ValueError(f"publish=True uploads the model to ArcGIS Online or Enterprise (gis={gis!r}), "
+                             "which needs the arcgis package and a portal; the toolkit does not publish. "
+                             f"Save with publish=False and add {folder / (where.name + '.dlpk')} to your "
+                             "portal as a 'Deep Learning Package' item (ArcGIS Pro: Share > Add Item).")
         if not ddp.is_main():
             self.emd_path = ddp.broadcast_object(None)  # returns once rank 0 has written
             return self.emd_path
@@ -756,3 +851,59 @@ def arcgis_stats(norm: BandNorm) -> dict:
             "band_mean_values": norm.mean, "band_std_values": norm.std,
             "scaled_min_values": norm.low.tolist(), "scaled_max_values": norm.high.tolist()}
 
+
+
+def learning_rate(lr: float | slice | None) -> float | None:
+    """A learning rate as a float: a ``slice`` (arcgis.learn, fastai) gives its ``stop``, as
+    fastai does for a model of one layer group; ``None`` stays ``None``."""
+    if lr is None:
+        return None
+    if isinstance(lr, slice):
+        if lr.stop is None:
+            raise ValueError(f"lr {lr!r} has no stop: give slice(low, high) or a number.")
+        lr = lr.stop
+    try:
+        value = float(lr)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"lr must be a number or a slice of numbers, got {lr!r}.") from err
+    if not value > 0:
+        raise ValueError(f"lr must be > 0, got {value}.")
+    return value
+
+
+class ValidationScore(ValueMetric):
+    """A fastai metric whose value is one of ``model.compute_metrics()`` (PSNR, SSIM, IoU...),
+    computed on the validation chips once per epoch, after fastai's validation. The model's
+    :attr:`metrics` are left as they were."""
+
+    def __init__(self, model: TranslationModel, name: str) -> None:
+        self.model = model
+        super().__init__(self._score, name)
+
+    def _score(self) -> float:
+        kept = dict(self.model.metrics)
+        try:
+            return float(self.model.compute_metrics()[self.name])
+        finally:
+            self.model.metrics = kept
+
+
+class EpochCheckpoints(Callback):
+    """``fit(checkpoint="all")``: after each epoch, a copy of the epoch's checkpoint (the one
+    :class:`~toolkit.models.checkpoint.Checkpoint` just wrote as ``_last.pth``) as
+    ``<name>-<fit id>_epoch<N>.pth``, so that every epoch's weights are kept."""
+
+    order = 66  # after Checkpoint (65)
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def after_epoch(self) -> None:
+        ck = self.checkpoint
+        if getattr(ck, "skip", True) or self.epoch < ck.start_epoch or ck.last_path is None:
+            return
+        import shutil
+
+        target = checkpoint_path(ck.folder, ck.stem, ck.fit_id, f"epoch{int(self.epoch)}")
+        with atomic_file(target) as tmp:
+            shutil.copyfile(ck.last_path, tmp)

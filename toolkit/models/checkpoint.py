@@ -38,8 +38,10 @@ FIT_ID = r"\d{8}T\d{6}Z-[0-9a-f]{4}"
 
 
 def monitor_comparison(monitor: str):
-    """Lower is better for losses and errors, higher for other metrics (as fastai's trackers)."""
-    return np.less if "loss" in monitor or "error" in monitor or monitor == "l1" else np.greater
+    """Lower is better for losses and errors (``l1``, CycleGAN's ``cycle`` errors), higher for
+    other metrics (as fastai's trackers)."""
+    lower = "loss" in monitor or "error" in monitor or monitor == "l1" or monitor.startswith("cycle")
+    return np.less if lower else np.greater
 
 
 def plain_state(obj):

@@ -193,7 +193,10 @@ class CycleGAN(TranslationModel):
         pool_size: generated images kept per discriminator (50); 0 keeps none.
         norm: ``"instance"`` (the paper) or ``"batch"``.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
-        working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
+        working_dir: folder for checkpoints, saved models and TensorBoard logs; default
+            ``<working_dir>/models`` of ``prepare_data(working_dir=...)``, else ``<data.path>/models``.
+
+    The arguments up to ``lsgan`` are arcgis.learn's, in its order; the rest are keyword-only.
     """
 
     model_type = CYCLEGAN
@@ -217,8 +220,8 @@ class CycleGAN(TranslationModel):
                                                  ("cycle_loss", "cycle"), ("identity_loss", "identity")]),
                    ("D losses", [("d_a_loss", "D_A"), ("d_b_loss", "D_B")])]
 
-    def __init__(self, data, *, pretrained_path: str | os.PathLike | None = None, gen_blocks: int = 9,
-                 lsgan: bool = True, ngf: int = 64, ndf: int = 64, lambda_A: float = 10.0,
+    def __init__(self, data, pretrained_path: str | os.PathLike | None = None, gen_blocks: int = 9,
+                 lsgan: bool = True, *, ngf: int = 64, ndf: int = 64, lambda_A: float = 10.0,
                  lambda_B: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
                  norm: str = "instance", mixed_precision: bool | None = None,
                  working_dir: str | os.PathLike | None = None) -> None:
@@ -387,6 +390,12 @@ class CycleGAN(TranslationModel):
     @property
     def available_metrics(self) -> list[str]:
         return self.recorded + ["cycle", "cycle_a", "cycle_b", "psnr", "ssim", "psnr_a", "ssim_a"]
+
+    def _check_scorable(self, metric: str) -> None:
+        if metric.startswith(("psnr", "ssim")) and not len(getattr(self.data, "test_pairs", None) or []):
+            raise ValueError(f"monitor {metric!r} compares translations with true pairs, and "
+                             f"{getattr(self.data, 'path', 'this data')} has none (testA/ + testB/ chips "
+                             "of the same names); monitor 'valid_loss' or 'cycle' instead.")
 
     # --- figures -----------------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ In validation the loss is the plain L1, so fastai's ``valid_loss`` is the valida
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +29,8 @@ with quiet_import():
     from fastai.callback.core import Callback
     from fastai.learner import ValueMetric
 
-__all__ = ["DiscriminatorStep", "GANTrainer", "History", "Pix2PixLoss", "balanced_l1", "loss_metrics"]
+__all__ = ["DiscriminatorStep", "GANTrainer", "History", "PerceptualLoss", "Pix2PixLoss", "balanced_l1",
+           "loss_metrics"]
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -152,12 +156,17 @@ class GANTrainer(DiscriminatorStep):
     loss_names = ("gen_loss", "l1_loss", "d_loss")
 
     def __init__(self, discriminator: nn.Module, *, lambda_l1: float = 100.0, gan_weight: float = 1.0,
-                 betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False) -> None:
+                 betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False,
+                 perceptual: PerceptualLoss | None = None, lambda_perceptual: float = 10.0) -> None:
+        if perceptual is not None:  # recorded too: set before the base makes epoch_losses
+            self.loss_names = (*GANTrainer.loss_names, "perceptual_loss")
         super().__init__(discriminator, betas=betas)
         self.discriminator = discriminator
         self.lambda_l1 = lambda_l1
         self.gan_weight = gan_weight
         self.l1 = balanced_l1 if class_balance else F.l1_loss
+        self.perceptual = perceptual
+        self.lambda_perceptual = lambda_perceptual
 
     @property
     def adversarial(self) -> bool:
@@ -177,11 +186,87 @@ class GANTrainer(DiscriminatorStep):
         if not self.training:
             return l1
         self._add("l1_loss", l1)
+        loss = self.lambda_l1 * l1
+        if self.perceptual is not None and not self.l1_only:
+            feature = self.perceptual(pred, target)
+            self._add("perceptual_loss", feature)
+            loss = loss + self.lambda_perceptual * feature
         if not self.adversarial:
-            return self.lambda_l1 * l1
+            return loss
         gan = _bce(self.discriminator(torch.cat([self.xb[0], pred], 1)), True)
         self._add("gen_loss", gan)
-        return self.gan_weight * gan + self.lambda_l1 * l1
+        return self.gan_weight * gan + loss
+
+
+class PerceptualLoss(nn.Module):
+    """The feature ("perceptual") loss of Johnson et al. (2016), arcgis.learn's
+    ``perceptual_loss``: the mean absolute difference of VGG-16 activations of the prediction and
+    the target at ``relu1_2``, ``relu2_2``, ``relu3_3`` and ``relu4_3``, averaged over the four.
+
+    The VGG weights come from a local file (a torchvision ``vgg16`` state dict, e.g. ImageNet's
+    ``vgg16-397923af.pth``; its ``features.*`` part is used): nothing is downloaded. The network is
+    frozen and stays in eval mode. Images in [-1, 1] of 3 bands (taken as RGB) or 1 band (repeated
+    three times) are scaled to [0, 1] and normalised with ImageNet's mean and standard deviation.
+    """
+
+    LAYERS = (3, 8, 15, 22)  # indices of relu1_2, relu2_2, relu3_3, relu4_3 in vgg16().features
+
+    def __init__(self, weights: str | os.PathLike) -> None:
+        super().__init__()
+        import torchvision
+
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"perceptual_loss weights {path}: no such file. Pass the path of a "
+                                    "torchvision vgg16 state dict (ImageNet weights), downloaded beforehand.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file: say which and why
+            raise ValueError(f"perceptual_loss weights {path}: not a readable PyTorch state dict ({err}).") from err
+        features = torchvision.models.vgg16(weights=None).features[: self.LAYERS[-1] + 1]
+        wanted = features.state_dict()
+        found = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} \
+            if isinstance(state, dict) else {}
+        found = {k: v for k, v in found.items() if k in wanted}
+        missing = [k for k in wanted if k not in found or found[k].shape != wanted[k].shape]
+        if missing:
+            raise ValueError(f"perceptual_loss weights {path}: not a torchvision vgg16 state dict "
+                             f"(features.{missing[0]} missing or of another shape).")
+        features.load_state_dict(found)
+        self.features = features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    @staticmethod
+    def check_bands(n_bands: int) -> None:
+        """``ValueError`` unless images of ``n_bands`` bands can be compared (1 or 3)."""
+        if n_bands not in (1, 3):
+            raise ValueError(f"perceptual_loss compares VGG features of RGB images; the target has "
+                             f"{n_bands} bands (1 or 3 are supported).")
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        return super().train(False)  # batch statistics are not used, but keep eval semantics
+
+    def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x.float() + 1.0) / 2.0
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.LAYERS:
+                out.append(x)
+        return out
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.check_bands(pred.shape[1])
+        if next(self.features.parameters()).device != pred.device:
+            self.to(pred.device)
+        with torch.no_grad():
+            wanted = self._activations(target)
+        got = self._activations(pred)
+        return sum(F.l1_loss(g, w) for g, w in zip(got, wanted)) / len(got)
 
 
 def _plain_tensor(x):

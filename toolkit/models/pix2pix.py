@@ -28,7 +28,7 @@ from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
 from toolkit.metrics import confusion, object_f1, psnr, scores_from_confusion, ssim
 from toolkit.models.base import Translation, TranslationModel, register, size_tuple
 from toolkit.models.emd_schema import MAX_DEPTH, Rule, common_config_rules, fail, integer, number
-from toolkit.models.gan import GANTrainer, Pix2PixLoss
+from toolkit.models.gan import GANTrainer, PerceptualLoss, Pix2PixLoss
 from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, UNetGenerator,
                                      backbone_generator, init_weights, unet_depth)
 
@@ -48,6 +48,14 @@ class Pix2Pix(TranslationModel):
         backbone: ``None`` for the paper's U-Net, or a ResNet name (``"resnet34"``...) for
             fastai's DynamicUnet over it (random init unless ``backbone_weights`` names a local
             torchvision state dict; nothing is downloaded).
+        perceptual_loss: arcgis.learn's VGG-16 feature loss (:class:`toolkit.models.gan.PerceptualLoss`)
+            added to the generator's loss, for targets of 1 or 3 bands: the path of a local
+            torchvision ``vgg16`` state dict (ImageNet weights; nothing is downloaded). ``True``
+            raises a ``ValueError`` saying so; ``False`` (default): the paper's loss.
+        lambda_perceptual: weight of the perceptual term (with ``perceptual_loss``).
+
+    The arguments up to ``perceptual_loss`` are arcgis.learn's, in its order; the rest are
+    keyword-only.
         ngf, ndf: filters of the first generator / discriminator layer (64 in the paper).
         lambda_l1: weight of the L1 term (100 in the paper).
         gan_weight: weight of the adversarial term; 0 gives a plain L1 U-Net (the baseline).
@@ -57,7 +65,8 @@ class Pix2Pix(TranslationModel):
             as ``valid_loss``. For sparse classes such as buildings, where the paper's L1 favours
             predicting background everywhere.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
-        working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
+        working_dir: folder for checkpoints, saved models and TensorBoard logs; default
+            ``<working_dir>/models`` of ``prepare_data(working_dir=...)``, else ``<data.path>/models``.
     """
 
     model_type = "Pix2Pix"
@@ -72,14 +81,17 @@ class Pix2Pix(TranslationModel):
         "lambda_l1": Rule("a number >= 0", lambda v: number(v, low=0)),
         "gan_weight": Rule("a number >= 0", lambda v: number(v, low=0)),
         "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
+        "perceptual_loss": Rule("true or false", lambda v: isinstance(v, bool), required=False),
+        "lambda_perceptual": Rule("a number >= 0", lambda v: number(v, low=0), required=False),
     }
     loss_panels = [("L1 (in [-1, 1] units)", [("l1_loss", "train L1"), ("valid_loss", "validation L1")]),
                    ("BCE", [("gen_loss", "G adversarial"), ("d_loss", "D")])]
     supported_backbones = [None, *SUPPORTED_BACKBONES]
     supported_datasets = list(DATASET_TYPES) + ["Export_Tiles"]
 
-    def __init__(self, data, *, pretrained_path: str | os.PathLike | None = None,
-                 backbone: str | None = None, ngf: int = 64, ndf: int = 64,
+    def __init__(self, data, pretrained_path: str | os.PathLike | None = None,
+                 backbone: str | None = None, perceptual_loss: bool | str | os.PathLike = False, *,
+                 lambda_perceptual: float = 10.0, ngf: int = 64, ndf: int = 64,
                  lambda_l1: float = 100.0, gan_weight: float = 1.0, norm: str = "batch",
                  class_balance: bool = False, backbone_weights: str | os.PathLike | None = None,
                  mixed_precision: bool | None = None,
@@ -87,6 +99,19 @@ class Pix2Pix(TranslationModel):
         if data is None:
             raise ValueError("Pix2Pix needs data from prepare_data(); to load a saved model for "
                              "inference without data use Pix2Pix.from_model(path).")
+        if perceptual_loss is True:
+            raise ValueError("perceptual_loss=True (arcgis.learn) adds a VGG-16 feature loss, which needs "
+                             "ImageNet-trained VGG weights that the toolkit never downloads and does not "
+                             "ship. Pass the path of a torchvision vgg16 state dict you have (e.g. "
+                             "perceptual_loss='vgg16-397923af.pth'), or perceptual_loss=False (the "
+                             "paper's L1 + GAN loss).")
+        self._perceptual = None
+        if perceptual_loss is not False and perceptual_loss is not None:
+            if data.dataset_type == CLASSIFIED_TILES:
+                raise ValueError("perceptual_loss compares VGG features of images; this data's target is "
+                                 "a class mask (Classified_Tiles).")
+            PerceptualLoss.check_bands(data.n_bands_out)
+            self._perceptual = PerceptualLoss(perceptual_loss)
         if data.dataset_type not in DATASET_TYPES:
             raise ValueError(f"{data.path}: Pix2Pix trains on pairs (dataset_type {list(DATASET_TYPES)}); "
                              f"this data is {data.dataset_type!r} (unpaired domains: use CycleGAN).")
@@ -101,6 +126,8 @@ class Pix2Pix(TranslationModel):
             "depth": None if backbone else unet_depth(size), "ngf": ngf, "ndf": ndf,
             "norm": norm, "lambda_l1": lambda_l1, "gan_weight": gan_weight,
             "class_balance": bool(class_balance),
+            "perceptual_loss": self._perceptual is not None,
+            "lambda_perceptual": float(lambda_perceptual),
             "extract_bands": data.train_ds.extract_bands,
             "cell_size": list(data.cell_size) if data.cell_size else None,
         }
@@ -143,7 +170,9 @@ class Pix2Pix(TranslationModel):
     def _make_trainer(self) -> GANTrainer:
         c = self.config
         return GANTrainer(self.discriminator, lambda_l1=c["lambda_l1"], gan_weight=c["gan_weight"],
-                          class_balance=c.get("class_balance", False))
+                          class_balance=c.get("class_balance", False),
+                          perceptual=getattr(self, "_perceptual", None),
+                          lambda_perceptual=c.get("lambda_perceptual", 10.0))
 
     def _learner_model(self) -> nn.Module:
         return self.generator
