@@ -1,14 +1,17 @@
 """The training script tests/test_ddp.py starts under torchrun (not a test module itself).
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py \
-        MODEL CHIPS OUT [--crash-at STEP] [--resume]
+        MODEL CHIPS OUT [--crash-at STEP] [--resume] [--lr-find]
 
 MODEL is ``pix2pix`` or ``cyclegan``. Each rank trains a tiny model on CHIPS for 2 epochs with
 the plain Python API (``fit`` finds torchrun by itself), and writes ``OUT/rank<r>.json``: per
 optimizer step, a digest of every network's parameters (generators and discriminators) and of
 the batch it trained on, and per epoch the chips of its shard. Then ``save`` writes the model to
 ``OUT/model`` (rank 0 alone). With ``--crash-at STEP``, rank 1 raises at that step; with
-``--resume`` the fit continues the unfinished fit of ``OUT/work`` from its last checkpoint.
+``--resume`` the fit continues the unfinished fit of ``OUT/work`` from its last checkpoint; with
+``--lr-find``, ``lr_find`` runs before and after the fit, and the fit keeps every epoch's
+checkpoint (``checkpoint="all"``). Every run also checks that ``fit(distributed=False)`` is
+refused under torchrun.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--crash-at", type=int)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--lr-find", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     torch.manual_seed(0)
@@ -70,11 +74,24 @@ def main() -> None:
         data = prepare_data(args.chips, batch_size=2, num_workers=0)
         model = Pix2Pix(data, ngf=8, ndf=8, working_dir=out / "work")
     digests = StepDigests(model, args.crash_at)
-    model.fit(2, callbacks=[digests], resume=args.resume)
+    suggestions = []
+    if args.lr_find:  # rank 0 searches, every rank gets its suggestion; before and after a fit
+        suggestions.append(model.lr_find(allow_plot=False, num_it=5))
+    try:
+        model.fit(1, distributed=False)
+    except ValueError as err:  # torchrun's copies would write the same files
+        refused = str(err)
+    else:
+        refused = None
+    model.fit(2, callbacks=[digests], resume=args.resume, checkpoint="all" if args.lr_find else True)
+    if args.lr_find:
+        suggestions.append(model.lr_find(allow_plot=False, num_it=5))
     emd = model.save(out / "model", compute_metrics=False)
     record = {"rank": torch.distributed.get_rank(), "world_size": ddp.world_size(), "steps": digests.steps,
               "shards": digests.shards, "n_train": len(data.train_ds), "emd": str(emd),
-              "history": model.history}
+              "history": model.history, "lr_suggestions": suggestions, "refused": refused,
+              "final": {n: hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
+                        for n, net in model.networks.items()}}
     (out / f"rank{record['rank']}.json").write_text(json.dumps(record))
 
 

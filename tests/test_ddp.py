@@ -58,18 +58,23 @@ def check_identical_steps(records: list[dict], networks: set[str]) -> None:
 
 def test_pix2pix_ranks_train_in_step_and_save_one_model(rotterdam_pairs, tmp_path):
     out = tmp_path / "run"
-    run = torchrun(str(WORKER), "pix2pix", str(rotterdam_pairs), str(out), cwd=tmp_path)
+    run = torchrun(str(WORKER), "pix2pix", str(rotterdam_pairs), str(out), "--lr-find", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     records = ranks(out)
     check_identical_steps(records, {"generator", "discriminator"})
+    zero, one = records
+    # lr_find (rank 0's search) before and after the fit: one suggestion everywhere, weights kept
+    assert len(zero["lr_suggestions"]) == 2 and zero["lr_suggestions"] == one["lr_suggestions"]
+    assert zero["final"] == one["final"] == zero["steps"][-1]["params"]
+    assert "torchrun started this script as one of 2 processes" in zero["refused"]
     assert "Data-parallel training on 2 processes (gloo)" in run.stdout + run.stderr
     # one model, written by rank 0; checkpoints only from rank 0's fit
     saved = sorted(p.name for p in (out / "model").iterdir())
     assert {"model.dlpk", "model.emd", "model.pth"} <= set(saved) and len([s for s in saved if s.endswith(".emd")]) == 1
     emd = json.loads((out / "model" / "model.emd").read_text())
     assert len(emd["Toolkit"]["history"]) == 2
-    checkpoints = list((out / "work" / "checkpoints").glob("*.pth"))
-    assert checkpoints and len({p.name.split("_")[0] for p in checkpoints}) == 1
+    checkpoints = sorted(p.name.split("_", 1)[1] for p in (out / "work" / "checkpoints").glob("*.pth"))
+    assert checkpoints == ["best.pth", "epoch0.pth", "epoch1.pth", "last.pth"]  # one fit's, rank 0's
 
 
 def test_cyclegan_discriminators_are_averaged_too(rotterdam_unpaired, tmp_path):

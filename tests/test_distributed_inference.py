@@ -107,6 +107,10 @@ def test_an_unsaved_model_is_refused(saved_model, scene, client, tmp_path):
     with pytest.raises(ValueError, match="Save it first"):
         predict_raster(unsaved, scene, tmp_path / "out.tif", client=client, progress=False)
     assert leftovers(tmp_path, "out") == []
+    # without a cluster the scenes run here, one after the other: no saved files needed
+    (tmp_path / "here").mkdir()
+    outs = predict_rasters(unsaved, [scene], tmp_path / "here")
+    assert_same_raster(outs[0], saved_model.predict_raster(scene, tmp_path / "single.tif", progress=False))
 
 
 # --- faults: installed on the workers with Client.run --------------------------------------------

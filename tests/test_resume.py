@@ -259,3 +259,15 @@ def test_resume_picks_the_unfinished_fit(data, tmp_path):
     with pytest.raises(ValueError, match="completed"):
         resumed.fit(2, resume=first)
     assert len(list((tmp_path / "checkpoints").glob("*.pth"))) == 6
+
+
+def test_checkpoint_all_keeps_every_epoch_also_the_early_stopped_one(data, tmp_path):
+    seeded(data)
+    m = Pix2Pix(data, ngf=8, ndf=8, norm="instance", working_dir=tmp_path)  # no running statistics
+    # a step too small to move float32 weights: the validation loss stays as it is after epoch 0,
+    # so patience 1 stops the fit after epoch 1
+    m.fit(5, lr=1e-30, one_cycle=False, checkpoint="all", early_stopping=1)
+    assert [r["epoch"] for r in m.history] == [0, 1]
+    kinds = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "checkpoints").glob(f"pix2pix-{m.fit_id}_*.pth"))
+    assert kinds == ["best.pth", "epoch0.pth", "epoch1.pth", "last.pth"]
+    assert load_checkpoint(tmp_path / "checkpoints" / f"pix2pix-{m.fit_id}_epoch1.pth")["epoch"] == 1

@@ -37,6 +37,7 @@ seconds (default 1800), so a rank that hangs without exiting cannot block the jo
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -54,8 +55,8 @@ with quiet_import():
     from fastcore.foundation import L
 
 __all__ = ["DataParallel", "RecordSync", "Shard", "average_gradients", "barrier", "broadcast_buffers",
-           "broadcast_modules", "broadcast_object", "init_distributed", "is_main", "launched",
-           "local_device", "world_size"]
+           "broadcast_modules", "broadcast_object", "fastai_single_process", "init_distributed", "is_main",
+           "launched", "local_device", "revert_sync_batchnorm", "world_size"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -110,6 +111,39 @@ def init_distributed() -> bool:
         dist.init_process_group(backend=backend, timeout=timeout)
         atexit.register(_leave)  # a group left open makes gloo/nccl abort at interpreter exit
     return True
+
+
+@contextlib.contextmanager
+def fastai_single_process():
+    """Hide torchrun's ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` from fastai for a while.
+
+    fastai switches to its own distributed behaviour whenever ``WORLD_SIZE`` > 1 (the Recorder
+    gathers every batch's loss from all ranks, ``Learner.save`` writes on rank 0 only and
+    ``Learner.load`` waits at a barrier): right inside a data-parallel ``fit``, wrong for work
+    that one rank does alone (``lr_find`` runs on rank 0)."""
+    saved = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``: plain ``BatchNorm2d`` layers
+    holding the same parameters and statistics (children replaced in place)."""
+    out = module
+    if isinstance(module, nn.SyncBatchNorm):
+        out = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats).to(module.running_mean.device
+                                                            if module.running_mean is not None else None)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias  # the same Parameters: optimizers keep them
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out
 
 
 def _leave() -> None:
@@ -260,12 +294,16 @@ class DataParallel(Callback):
         if isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
             self.learn.model = self.learn.model.module
         self.trainer.grad_sync = None
+        if self.sync_bn:  # outside a fit, batch norm is the plain kind again (no collectives)
+            self.learn.model = revert_sync_batchnorm(self.learn.model)
+            for d in self.trainer.discriminators:
+                revert_sync_batchnorm(d)
 
 
 class RecordSync(Callback):
     """fastai callback: make every rank record the same epoch. The discriminator step's training
-    losses are averaged over the ranks; the Recorder's epoch values (rank 0's smoothed training
-    loss, the validation loss and metrics) are broadcast from rank 0, before the checkpoint and
+    losses are averaged over the ranks (fastai's Recorder already averages the training loss);
+    the Recorder's epoch values (the validation loss and metrics) are broadcast from rank 0, before the checkpoint and
     early stopping read them; after the fit, rank 0's weights (the best epoch's, restored from
     its checkpoint) are broadcast. Order 66: after the Recorder (50) and the Checkpoint (65)."""
 

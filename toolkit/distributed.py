@@ -233,19 +233,19 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=
         other tasks are cancelled and the error names the scene; outputs already complete stay,
         and a failed scene leaves nothing under its output name.
     """
-    from distributed import as_completed
-
     translation = as_translation(model, convert_to)
     pad = check_settings(translation, padding, threshold)
     options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
-    ref = ModelRef.of(translation)
     in_rasters = [Path(p) for p in in_rasters]
     outs = _scene_outputs(in_rasters, Path(out_folder), translation, overwrite)
-    if client is None:
+    if client is None:  # here: the model need not be saved
         for in_raster, out in zip(in_rasters, outs):
             predict_raster(translation, in_raster, out, padding=pad, batch_size=batch_size,
                            threshold=threshold, tta=tta, overwrite=overwrite)
         return outs
+    from distributed import as_completed
+
+    ref = ModelRef.of(translation)
     futures = {client.submit(predict_scene, ref, str(i), str(o), pad, options, overwrite,
                              retries=retries, pure=False): i for i, o in zip(in_rasters, outs)}
     try:

@@ -41,8 +41,7 @@ from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_
                          check_writable_folder)
 from toolkit.data.chips import read_chip
 from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding, target_from_dict
-from toolkit.models.checkpoint import (Checkpoint, checkpoint_path, find_resumable, load_checkpoint, new_fit_id,
-                                      plain_state)
+from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
 from toolkit.models.emd_schema import check_state_fits, check_weights_fit
 from toolkit.models.gan import History, loss_metrics
 from toolkit.models.model_folder import read_model_folder, write_model_folder
@@ -51,7 +50,6 @@ from toolkit.raster import is_toolkit_raster, write_raster
 from toolkit.stats import band_validity, check_band_coverage
 
 with quiet_import():
-    from fastai.callback.core import Callback
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.schedule import ParamScheduler, SchedLin, SchedNo, combine_scheds
     from fastai.learner import Learner, ValueMetric
@@ -349,6 +347,12 @@ class TranslationModel:
                 warnings.warn(f"{emd_path}: fine-tuning with the statistics of {data.path} "
                               "(normalization='data'): the model's own statistics are replaced, "
                               "and it scales every input with the new ones from now on.", stacklevel=2)
+        if data is not None and config.get("perceptual_loss"):
+            # the VGG weights are not part of the model: say so rather than train without them quietly
+            warnings.warn(f"{emd_path}: the model was trained with the perceptual loss; fine-tuning "
+                          "continues without it (the VGG-16 weights are not saved with the model). "
+                          "Its config records perceptual_loss=False from now on.", stacklevel=2)
+            config = dict(config, perceptual_loss=False)
         model._setup(config, input_norm, target_norm, data, working_dir=working_dir)
         model._load_weights(weights, emd_path)
         model.history = list(emd["Toolkit"].get("history", []))
@@ -443,6 +447,10 @@ class TranslationModel:
         self._require_data("fit")
         self._check_working_dir("fit")
         lr = learning_rate(lr)  # checked before any work
+        if distributed is False and ddp.launched():
+            raise ValueError("distributed=False, but torchrun started this script as one of "
+                             f"{os.environ['WORLD_SIZE']} processes, which would train copies that "
+                             "write the same files: run it without torchrun, or leave distributed unset.")
         parallel = distributed is not False and ddp.init_distributed()
         if distributed and not parallel:
             raise ValueError("distributed=True trains over the processes torchrun starts: launch "
@@ -498,15 +506,16 @@ class TranslationModel:
                                   lambda: self._state(fit_config), self._restore_best,
                                   scalers={"scaler": lambda: getattr(self.learn, "scaler", None),
                                            "d_scaler": lambda: self.trainer.d_scaler},
-                                  patience=patience, resume=state, verbose=main))
-            if checkpoint == "all" and main:
-                cbs.append(EpochCheckpoints(cbs[-1]))
+                                  patience=patience, resume=state, verbose=main,
+                                  every_epoch=checkpoint == "all"))
+        tb_log = None
         if tensorboard:
             from toolkit.models.tensorboard import LOG_FOLDER, TensorBoardLog
 
             log_dir = self.models_dir / LOG_FOLDER / f"{name}-{self.fit_id}"
-            cbs.append(TensorBoardLog(log_dir, self.trainer.loss_names, figure=self._tensorboard_figure,
-                                      start_epoch=start))
+            tb_log = TensorBoardLog(log_dir, self.trainer.loss_names, figure=self._tensorboard_figure,
+                                    start_epoch=start)
+            cbs.append(tb_log)
             if main:
                 print(f"Training log for TensorBoard in {log_dir}: tensorboard --logdir "
                       f"{self.models_dir / LOG_FOLDER}")
@@ -536,6 +545,8 @@ class TranslationModel:
                     self.learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
             finally:
                 self.learn.metrics = metrics
+                if tb_log is not None:
+                    tb_log.close()  # a failed fit skips after_fit: the event file is closed here
                 if isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
                     self.learn.model = self.learn.model.module  # a failed fit leaves no wrapper
                     self.trainer.grad_sync = None
@@ -573,13 +584,20 @@ class TranslationModel:
         (arcgis.learn's name) shows the loss against the learning rate."""
         self._require_data("lr_find")
         self._check_working_dir("lr_find")
-        self.trainer.l1_only = True
-        try:
-            suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
-                                            show_plot=allow_plot)
-        finally:
-            self.trainer.l1_only = False
-        self._suggested_lr = float(suggestion.valley)
+        parallel = ddp.init_distributed()  # under torchrun: rank 0 searches, the others wait
+        if ddp.is_main():
+            self.trainer.l1_only = True
+            try:
+                with ddp.fastai_single_process() if parallel else contextlib.nullcontext():
+                    suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                                                    show_plot=allow_plot)
+            finally:
+                self.trainer.l1_only = False
+            value = float(suggestion.valley)
+        else:
+            value = None
+        # the finder puts the weights back as they were; the suggestion is rank 0's everywhere
+        self._suggested_lr = float(ddp.broadcast_object(value))
         return self._suggested_lr
 
     def unfreeze(self) -> None:
@@ -735,6 +753,7 @@ class TranslationModel:
                              "which needs the arcgis package and a portal; the toolkit does not publish. "
                              f"Save with publish=False and add {folder / (where.name + '.dlpk')} to your "
                              "portal as a 'Deep Learning Package' item (ArcGIS Pro: Share > Add Item).")
+        ddp.init_distributed()  # under torchrun, even when this process never ran fit
         if not ddp.is_main():
             self.emd_path = ddp.broadcast_object(None)  # returns once rank 0 has written
             return self.emd_path
@@ -886,24 +905,3 @@ class ValidationScore(ValueMetric):
             return float(self.model.compute_metrics()[self.name])
         finally:
             self.model.metrics = kept
-
-
-class EpochCheckpoints(Callback):
-    """``fit(checkpoint="all")``: after each epoch, a copy of the epoch's checkpoint (the one
-    :class:`~toolkit.models.checkpoint.Checkpoint` just wrote as ``_last.pth``) as
-    ``<name>-<fit id>_epoch<N>.pth``, so that every epoch's weights are kept."""
-
-    order = 66  # after Checkpoint (65)
-
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.checkpoint = checkpoint
-
-    def after_epoch(self) -> None:
-        ck = self.checkpoint
-        if getattr(ck, "skip", True) or self.epoch < ck.start_epoch or ck.last_path is None:
-            return
-        import shutil
-
-        target = checkpoint_path(ck.folder, ck.stem, ck.fit_id, f"epoch{int(self.epoch)}")
-        with atomic_file(target) as tmp:
-            shutil.copyfile(ck.last_path, tmp)

@@ -234,6 +234,8 @@ class Checkpoint(Callback):
         patience: stop after this many epochs without improvement; ``None`` never.
         resume: the checkpoint the fit resumes from; training starts at its epoch + 1.
         verbose: say when early stopping stops the fit.
+        every_epoch: also keep each epoch's checkpoint as ``<name>-<fit_id>_epoch<N>.pth``
+            (``fit(checkpoint="all")``).
     """
 
     order = 65  # after History (61), which records the epoch
@@ -241,8 +243,8 @@ class Checkpoint(Callback):
     def __init__(self, folder: Path | None, name: str, fit_id: str, monitor: str,
                  state: Callable[[], dict], restore_best: Callable[[dict], None], *,
                  scalers: dict[str, Callable] | None = None, patience: int | None = None,
-                 resume: dict | None = None, verbose: bool = True) -> None:
-        self.verbose = verbose
+                 resume: dict | None = None, verbose: bool = True, every_epoch: bool = False) -> None:
+        self.verbose, self.every_epoch = verbose, every_epoch
         self.folder = Path(folder) if folder is not None else None
         self.stem, self.fit_id, self.monitor = name, fit_id, monitor
         self.state, self.restore_best = state, restore_best
@@ -313,6 +315,8 @@ class Checkpoint(Callback):
             self._save(state, self.last_path)
             if improved:
                 self._save(state, self.best_path)
+            if self.every_epoch:  # fit(checkpoint="all"): the early-stopped epoch's too
+                self._save(state, checkpoint_path(self.folder, self.stem, self.fit_id, f"epoch{int(self.epoch)}"))
         if stop:
             if self.verbose:
                 print(f"No improvement in {self.monitor} since epoch {self.best_epoch}: early stopping")

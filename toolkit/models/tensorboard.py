@@ -89,6 +89,10 @@ class TensorBoardLog(Callback):
         self.writer.flush()
 
     def after_fit(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the event file (also called by ``fit`` when the fit failed, which skips after_fit)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
