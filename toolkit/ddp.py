@@ -19,7 +19,7 @@ Per process (one per GPU, or per CPU socket with the ``gloo`` backend):
   discriminators have their own optimizer and step, run with ``requires_grad`` toggled on and
   off inside each batch, which DDP's reducer does not allow; their gradients are averaged with
   one ``all_reduce`` before their optimizer step, and their buffers follow rank 0's
-  (:func:`average_gradients`, :func:`broadcast_buffers`), as DDP does for the generator;
+  (:func:`average_gradients`, :func:`broadcast_modules`), as DDP does for the generator;
 * every process validates the whole validation set, and rank 0's epoch record (losses,
   metrics) is broadcast, so early stopping and the best epoch are decided alike everywhere;
 * only rank 0 shows progress, writes checkpoints and saves the model; the others wait for it.
@@ -54,7 +54,7 @@ with quiet_import():
     from fastai.callback.core import Callback
     from fastcore.foundation import L
 
-__all__ = ["DataParallel", "RecordSync", "Shard", "average_gradients", "barrier", "broadcast_buffers",
+__all__ = ["DataParallel", "RecordSync", "Shard", "average_gradients", "barrier",
            "broadcast_modules", "broadcast_object", "fastai_single_process", "init_distributed", "is_main",
            "launched", "local_device", "revert_sync_batchnorm", "world_size"]
 
@@ -165,22 +165,13 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def broadcast_modules(modules: Iterable[nn.Module], src: int = 0) -> None:
-    """Give every rank rank ``src``'s parameters and buffers (in place)."""
-    if world_size() == 1:
-        return
-    with torch.no_grad():
-        for module in modules:
-            for t in [*module.parameters(), *module.buffers()]:
-                dist.broadcast(t.data, src=src)
-
-
-def broadcast_buffers(modules: Iterable[nn.Module], src: int = 0) -> None:
-    """Rank ``src``'s buffers (batch-norm running statistics) on every rank, as DDP does."""
+def broadcast_modules(modules: Iterable[nn.Module], src: int = 0, *, buffers_only: bool = False) -> None:
+    """Give every rank rank ``src``'s parameters and buffers (in place); with ``buffers_only``
+    the buffers alone (batch-norm running statistics), as DDP does at each forward."""
     if world_size() == 1:
         return
     for module in modules:
-        for t in module.buffers():
+        for t in [*([] if buffers_only else module.parameters()), *module.buffers()]:
             dist.broadcast(t.data, src=src)
 
 
@@ -267,7 +258,7 @@ class DataParallel(Callback):
 
     def _sync_discriminators(self, params: Sequence[torch.Tensor]) -> None:
         average_gradients(params)
-        broadcast_buffers(self.trainer.discriminators)
+        broadcast_modules(self.trainer.discriminators, buffers_only=True)
 
     def before_train(self) -> None:
         if not self.skip:
@@ -283,16 +274,14 @@ class DataParallel(Callback):
             random.seed(seed)
 
     def after_fit(self) -> None:
-        if getattr(self, "skip", True):
+        self.unwrap()
+
+    def unwrap(self) -> None:
+        """The Learner's model and the discriminators as they were before the fit (``fit`` also
+        calls this when the fit failed, which skips ``after_fit``). Idempotent."""
+        if self.learn is None or not isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
             return
-        self._unwrap()
-
-    def after_cancel_fit(self) -> None:
-        self._unwrap()
-
-    def _unwrap(self) -> None:
-        if isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
-            self.learn.model = self.learn.model.module
+        self.learn.model = self.learn.model.module
         self.trainer.grad_sync = None
         if self.sync_bn:  # outside a fit, batch norm is the plain kind again (no collectives)
             self.learn.model = revert_sync_batchnorm(self.learn.model)

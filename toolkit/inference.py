@@ -370,9 +370,8 @@ def _finish(model, block: np.ndarray, nodata_mask: np.ndarray, threshold, nodata
         values = model.to_target_units(block)
         values[:, nodata_mask] = np.nan
         return values
-    scores = model.to_target_units(block)
-    best = scores.argmax(axis=0)
-    classes = np.asarray(model.target_norm.values)[best]
-    classes = np.where(scores.max(axis=0) >= threshold, classes, 0)
+    from toolkit.models.base import scores_to_classes
+
+    classes = scores_to_classes(model.to_target_units(block), model.target_norm.values, threshold)
     classes[nodata_mask] = nodata
     return classes[np.newaxis].astype(np.uint8 if nodata == 255 else np.uint16)

@@ -172,7 +172,6 @@ class ArcGISImageTranslation:
         self.device = None
         self.translation = None
         self.extract_bands: list[int] = []
-        self.scalars: dict = {}
         self.padding = 0
         self.tx = self.ty = 0
         self.tta = False
@@ -268,7 +267,6 @@ class ArcGISImageTranslation:
         x ``ty`` without padding (``batch_size`` chips laid out as Esri's templates do)."""
         from toolkit.inference import check_settings
 
-        self.scalars = scalars
         if self._two_way:
             convert_to = str(scalars.get("convert_to") or "b").strip().lower()
             self.translation = self._translation(convert_to)
@@ -294,16 +292,13 @@ class ArcGISImageTranslation:
 
     # --- 4. the output raster -----------------------------------------------------------------
 
-    def _class_values(self) -> list[int]:
-        return [int(c["Value"]) for c in self.translation.target_norm.classes]
-
     def updateRasterInfo(self, **kwargs) -> dict:
         """The output's band count and pixel type: one band of class values (``u1``, or a wider
         integer type for values above 255) with the classes as a raster attribute table for
         mask models; the target's bands as float32 (``f4``) for image models."""
         info = kwargs["output_info"]
         if self.translation.is_mask:
-            top = max(self._class_values())
+            top = max(self.translation.target_norm.values)
             info["bandCount"] = 1
             info["pixelType"] = "u1" if top <= 255 else "u2" if top <= 65535 else "i4"
             info["rasterAttributeTable"] = json.dumps(self._attribute_table())
@@ -370,18 +365,17 @@ class ArcGISImageTranslation:
         if inner_h < height - 2 * p or inner_w < width - 2 * p:
             raise ValueError(f"a block of {data.shape[2]}x{data.shape[1]} px is smaller than one chip "
                              f"of the model ({width}x{height} px) with padding {p}.")
+        corners = [(r, c) for r in _starts(inner_h, height - 2 * p) for c in _starts(inner_w, width - 2 * p)]
+        chips = np.stack([data[:, r:r + height, c:c + width] for r, c in corners])
+        results = self.translation.predict_chips(chips, tta=self.tta, source="the block")  # one batch
         out = np.empty((self.translation.n_bands_out, inner_h, inner_w), np.float32)
-        for r in _starts(inner_h, height - 2 * p):
-            for c in _starts(inner_w, width - 2 * p):
-                chip = data[:, r:r + height, c:c + width]
-                result = self.translation.predict(chip, tta=self.tta)
-                out[:, r:r + height - 2 * p, c:c + width - 2 * p] = result[:, p:height - p, p:width - p]
+        for (r, c), result in zip(corners, results):
+            out[:, r:r + height - 2 * p, c:c + width - 2 * p] = result[:, p:height - p, p:width - p]
         return out
 
     def _classes(self, scores: np.ndarray) -> np.ndarray:
         """Class scores ``(classes, h, w)`` -> class values ``(h, w)``: the class of the highest
         score where it is at least ``threshold``, else 0 (as ``predict_raster(threshold=...)``)."""
-        scores = np.where(np.isnan(scores), -np.inf, scores)
-        best = scores.argmax(axis=0)
-        classes = np.asarray(self._class_values(), dtype=np.int64)[best]
-        return np.where(scores.max(axis=0) >= self.threshold, classes, 0)
+        from toolkit.models.base import scores_to_classes
+
+        return scores_to_classes(scores, self.translation.target_norm.values, self.threshold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -43,11 +44,6 @@ UNSUPPORTED_ARCGIS_KWARGS = {
     "timesteps_of_interest": "not a Pix2Pix/CycleGAN option",
     "channels_of_interest": "not a Pix2Pix/CycleGAN option",
 }
-
-
-_ARGUMENTS = ("path", "class_mapping", "chip_size", "val_split_pct", "batch_size", "transforms",
-              "collate_fn", "seed", "dataset_type", "resize_to", "working_dir", "norm_pct",
-              "num_workers", "direction", "rgb_bands", "extract_bands")
 
 
 def default_num_workers() -> int:
@@ -363,7 +359,7 @@ def check_arguments(*, val_split_pct: float, norm_pct: float, num_workers: int |
         reasons = [f"{k} ({UNSUPPORTED_ARCGIS_KWARGS[k]})" if k in UNSUPPORTED_ARCGIS_KWARGS else f"{k} (unknown)"
                    for k in sorted(kwargs)]
         raise TypeError(f"prepare_data() does not take the keyword argument(s) {', '.join(reasons)}. "
-                        f"Its arguments: {', '.join(_ARGUMENTS)}.")
+                        f"Its arguments: {', '.join(p for p in inspect.signature(prepare_data).parameters if p != 'kwargs')}.")
     if not 0.0 <= val_split_pct < 1.0:
         raise ValueError(f"val_split_pct must lie in [0, 1), got {val_split_pct}.")
     if not 0.0 < norm_pct <= 1.0:

@@ -165,15 +165,38 @@ class Translation(BandCounts):
         if data.ndim != 3 or data.shape[0] != self.n_bands_in:
             raise ValueError(f"the {self.name} takes {self.n_bands_in} band(s) (bands, height, width); "
                              f"got an array of shape {data.shape}.")
-        valid = band_validity(data, nodata)
-        check_band_coverage(valid, image if isinstance(image, (str, os.PathLike)) else "image")
-        x = self.input_norm.normalize(data, valid)
-        result = self.to_target_units(self.generate(x[np.newaxis], tta=tta)[0])
-        result[:, ~valid.any(axis=0)] = np.nan
+        source = image if isinstance(image, (str, os.PathLike)) else "image"
+        result = self.predict_chips(data[np.newaxis], nodata=nodata, tta=tta, source=source)[0]
         if output is not None:
             with atomic_file(output) as tmp:
                 write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan, output_of="predict")
         return result
+
+
+    def predict_chips(self, chips: np.ndarray, *, nodata=None, tta: bool = False, source="image") -> np.ndarray:
+        """Translate ``n`` chips ``(n, bands, h, w)`` of the model's input bands, in input units,
+        in one batch: float32 ``(n, bands_out, h, w)`` in target units, NaN where a chip's pixel
+        is nodata in every band (``nodata``: the input's nodata value; NaN always counts).
+        ``ValueError`` naming ``source`` when a band of a chip holds no valid pixel."""
+        xs, blank = [], []
+        for chip in chips:
+            valid = band_validity(chip, nodata)
+            check_band_coverage(valid, source)
+            xs.append(self.input_norm.normalize(chip, valid))
+            blank.append(~valid.any(axis=0))
+        result = self.to_target_units(self.generate(np.stack(xs), tta=tta))
+        for out, empty in zip(result, blank):
+            out[:, empty] = np.nan
+        return result
+
+
+def scores_to_classes(scores: np.ndarray, values, threshold: float) -> np.ndarray:
+    """Class scores ``(classes, h, w)`` in [0, 1] -> class values ``(h, w)``: the value of the
+    class with the highest score where that score is at least ``threshold``, else 0. NaN scores
+    never win."""
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    best = scores.argmax(axis=0)
+    return np.where(scores.max(axis=0) >= threshold, np.asarray(values, dtype=np.int64)[best], 0)
 
 
 def _dihedral(square: bool) -> list[tuple[int, bool]]:
@@ -513,19 +536,19 @@ class TranslationModel:
             from toolkit.models.tensorboard import LOG_FOLDER, TensorBoardLog
 
             log_dir = self.models_dir / LOG_FOLDER / f"{name}-{self.fit_id}"
-            tb_log = TensorBoardLog(log_dir, self.trainer.loss_names, figure=self._tensorboard_figure,
-                                    start_epoch=start)
+            tb_log = TensorBoardLog(log_dir, self.history, self.trainer.loss_names, figure=self._results_figure)
             cbs.append(tb_log)
             if main:
                 print(f"Training log for TensorBoard in {log_dir}: tensorboard --logdir "
                       f"{self.models_dir / LOG_FOLDER}")
+        data_parallel = None
         if parallel:
             n, batch = ddp.world_size(), self.data.train.bs
             if main:
                 print(f"Data-parallel training on {n} processes ({torch.distributed.get_backend()}): "
                       f"{batch} chips per process and step, a global batch of {n * batch}.")
-            cbs += [ddp.DataParallel(self.trainer, seed=fit_config["shard_seed"], sync_bn=sync_bn),
-                    ddp.RecordSync(self.trainer, self.networks.values())]
+            data_parallel = ddp.DataParallel(self.trainer, seed=fit_config["shard_seed"], sync_bn=sync_bn)
+            cbs += [data_parallel, ddp.RecordSync(self.trainer, self.networks.values())]
         quiet = contextlib.ExitStack()
         if not main:  # one progress bar and one table: rank 0's
             quiet.enter_context(self.learn.no_bar())
@@ -547,9 +570,8 @@ class TranslationModel:
                 self.learn.metrics = metrics
                 if tb_log is not None:
                     tb_log.close()  # a failed fit skips after_fit: the event file is closed here
-                if isinstance(self.learn.model, nn.parallel.DistributedDataParallel):
-                    self.learn.model = self.learn.model.module  # a failed fit leaves no wrapper
-                    self.trainer.grad_sync = None
+                if data_parallel is not None:
+                    data_parallel.unwrap()  # a failed fit (no after_fit) leaves no DDP wrapper either
 
     def _check_monitor(self, monitor: str) -> None:
         """``ValueError`` unless ``fit`` can follow ``monitor``: a recorded value or a metric of
@@ -572,8 +594,9 @@ class TranslationModel:
             return []
         return [ValidationScore(self, monitor)]
 
-    def _tensorboard_figure(self) -> Figure:
-        """The results figure TensorBoard shows per epoch: ``show_results`` of a few chips."""
+    def _results_figure(self) -> Figure:
+        """The results figure that ``save`` keeps and TensorBoard shows per epoch:
+        ``show_results`` of a few validation chips."""
         return self.show_results(rows=min(4, len(self.data.valid_ds)))
 
     def lr_find(self, allow_plot: bool = True, *, start_lr: float = 1e-7, end_lr: float = 1e-1,
@@ -745,23 +768,23 @@ class TranslationModel:
             raise ValueError(f"framework {framework!r} is not supported: the toolkit saves PyTorch "
                              "weights (framework='PyTorch'); arcgis.learn's 'TF-ONNX' exists for some "
                              "of its object detectors only, not for image translation.")
+        target = Path(name_or_path)
+        in_working_dir = len(target.parts) == 1 and not target.is_absolute()
+        if in_working_dir:
+            if self.models_dir is None:
+                raise ValueError("this model has no working folder; save it to a path.")
+            target = self.models_dir / target
         if publish:
-            where = Path(name_or_path)
-            folder = where if len(where.parts) > 1 or where.is_absolute() else (
-                (self.models_dir / where) if self.models_dir is not None else where)
             raise ValueError(f"publish=True uploads the model to ArcGIS Online or Enterprise (gis={gis!r}), "
                              "which needs the arcgis package and a portal; the toolkit does not publish. "
-                             f"Save with publish=False and add {folder / (where.name + '.dlpk')} to your "
+                             f"Save with publish=False and add {target / (target.name + '.dlpk')} to your "
                              "portal as a 'Deep Learning Package' item (ArcGIS Pro: Share > Add Item).")
         ddp.init_distributed()  # under torchrun, even when this process never ran fit
         if not ddp.is_main():
             self.emd_path = ddp.broadcast_object(None)  # returns once rank 0 has written
             return self.emd_path
-        target = Path(name_or_path)
-        if len(target.parts) == 1 and not target.is_absolute():
-            if self.models_dir is None:
-                raise ValueError("this model has no working folder; save it to a path.")
-            target = self._check_working_dir("save") / target
+        if in_working_dir:
+            self._check_working_dir("save")
         else:
             check_writable_folder(target.parent, role="the folder of save path",
                                   hint="Save the model to a folder you can write.")
@@ -776,7 +799,7 @@ class TranslationModel:
         if self.history:
             figures["loss_graph.png"] = self.plot_losses()
         if self.data is not None:
-            figures["show_results.png"] = self.show_results(rows=min(4, len(self.data.valid_ds)))
+            figures["show_results.png"] = self._results_figure()
         extra_files = {}
         if save_inference_file:
             from toolkit.arcgis_pro import INFERENCE_FUNCTION, inference_function_path

@@ -172,6 +172,11 @@ class GANTrainer(DiscriminatorStep):
     def adversarial(self) -> bool:
         return self.gan_weight > 0 and super().adversarial
 
+    def before_fit(self) -> None:
+        super().before_fit()
+        if self.perceptual is not None:  # the VGG features follow the generator's device, once
+            self.perceptual.to(next(self.learn.model.parameters()).device)
+
     def after_pred(self) -> None:
         if not self.training or not self.adversarial:
             return
@@ -244,9 +249,6 @@ class PerceptualLoss(nn.Module):
             raise ValueError(f"perceptual_loss compares VGG features of RGB images; the target has "
                              f"{n_bands} bands (1 or 3 are supported).")
 
-    def train(self, mode: bool = True) -> PerceptualLoss:
-        return super().train(False)  # batch statistics are not used, but keep eval semantics
-
     def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = (x.float() + 1.0) / 2.0
         if x.shape[1] == 1:
@@ -260,9 +262,6 @@ class PerceptualLoss(nn.Module):
         return out
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.check_bands(pred.shape[1])
-        if next(self.features.parameters()).device != pred.device:
-            self.to(pred.device)
         with torch.no_grad():
             wanted = self._activations(target)
         got = self._activations(pred)

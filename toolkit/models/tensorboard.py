@@ -42,24 +42,25 @@ def scalar_tag(name: str, loss_names: tuple[str, ...] | list[str]) -> str:
 
 
 class TensorBoardLog(Callback):
-    """Writes each epoch's recorded values, learning rate and a results figure to TensorBoard.
+    """Writes each epoch's record (the one :class:`toolkit.models.gan.History` has just added to
+    the model's history: recorded values and learning rate) and a results figure to TensorBoard.
 
     Args:
         log_dir: the run's folder (created on the first write).
+        records: the model's history, which ``History`` appends to.
         loss_names: the model's recorded loss names (tagged ``losses/...``).
         figure: ``figure()`` -> a matplotlib figure of results (``show_results``), or ``None`` to
             write none; closed after it is written.
-        start_epoch: epochs before this one are skipped (a resumed fit).
     """
 
-    order = 62  # after the Recorder (50) and History (61) have the epoch's values
+    order = 62  # after History (61) has added the epoch's record
 
-    def __init__(self, log_dir: str | Path, loss_names: tuple[str, ...] | list[str],
-                 figure: Callable[[], object] | None = None, start_epoch: int = 0) -> None:
+    def __init__(self, log_dir: str | Path, records: list[dict], loss_names: tuple[str, ...] | list[str],
+                 figure: Callable[[], object] | None = None) -> None:
         self.log_dir = Path(log_dir)
+        self.records = records
         self.loss_names = tuple(loss_names)
         self.figure = figure
-        self.start_epoch = start_epoch
         self.writer = None
 
     def before_fit(self) -> None:
@@ -70,16 +71,13 @@ class TensorBoardLog(Callback):
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def after_epoch(self) -> None:
-        if self.skip or self.epoch < self.start_epoch:
-            return
-        recorder = self.recorder
-        names = recorder.metric_names[1:-1] if recorder.add_time else recorder.metric_names[1:]
         step = int(self.epoch)
-        for name, value in zip(names, recorder.values[-1]):
-            value = float(value.item() if hasattr(value, "item") else value)
-            if math.isfinite(value):
-                self.writer.add_scalar(scalar_tag(name, self.loss_names), value, step)
-        self.writer.add_scalar("learning_rate", float(self.learn.opt.hypers[-1]["lr"]), step)
+        if self.skip or not self.records or self.records[-1]["epoch"] != step:
+            return  # an epoch History did not record (skipped when resuming)
+        for name, value in self.records[-1].items():
+            if name != "epoch" and math.isfinite(value):
+                tag = "learning_rate" if name == "lr" else scalar_tag(name, self.loss_names)
+                self.writer.add_scalar(tag, value, step)
         if self.figure is not None:
             fig = self.figure()
             try:
