@@ -212,6 +212,12 @@ def test_save_from_model_predict_round_trip(trained, ms2pan_data, tmp_path):
         np.testing.assert_array_equal(loaded.predict(chip), before)
     with pytest.raises(RuntimeError, match="loaded for inference"):
         Pix2Pix.from_model(emd_path).fit(1)
+    on_cpu = Pix2Pix.from_model(emd_path, device="cpu")  # e.g. Pro's device=-1 on a GPU machine
+    assert on_cpu.device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in on_cpu.generator.parameters())
+    np.testing.assert_array_equal(on_cpu.predict(chip), before)
+    with pytest.raises(ValueError, match="device= only without data"):
+        Pix2Pix.from_model(emd_path, ms2pan_data, device="cpu")
 
 
 def test_predict_in_target_units_writes_georeferenced_geotiff(trained, ms2pan_data, tmp_path):

@@ -32,7 +32,6 @@ import rasterio.features
 import shapely
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.warp import reproject
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
@@ -291,7 +290,6 @@ class _Part(NamedTuple):
     folder: str
     readers: list[AlignedReader]  # the first writes images/, a second images2/
     grid: Grid
-    resampling: list[Resampling]  # per reader: how a turned chip is warped from it
 
 
 class _Written(NamedTuple):
@@ -305,17 +303,14 @@ def _parts(ds, ds2, *, unpaired: bool, resampling: Resampling) -> list[_Part]:
     each on its own grid, into ``A/`` and ``B/``."""
     grid = Grid.of(ds)
     first = AlignedReader(ds, grid, role="in_raster")
-    nearest = Resampling.nearest
     if unpaired:
         grid2 = Grid.of(ds2)
         second = AlignedReader(ds2, grid2, role="additional_input_raster")
-        return [_Part(esri.DOMAIN_FOLDERS[0], [first], grid, [nearest]),
-                _Part(esri.DOMAIN_FOLDERS[1], [second], grid2, [nearest])]
-    readers, warps = [first], [nearest]
+        return [_Part(esri.DOMAIN_FOLDERS[0], [first], grid), _Part(esri.DOMAIN_FOLDERS[1], [second], grid2)]
+    readers = [first]
     if ds2 is not None:
         readers.append(AlignedReader(ds2, grid, role="additional_input_raster", resampling=resampling))
-        warps.append(resampling)
-    return [_Part("", readers, grid, warps)]
+    return [_Part("", readers, grid)]
 
 
 def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tiling, *,
@@ -341,7 +336,7 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
         if mask is not None and not mask.covers(tile_transform, tile):
             skipped += 1
             continue
-        chips, fraction = _read_tile(readers, window, tile_transform if angle else None, part.resampling)
+        chips, fraction = _read_tile(readers, window, tile_transform if angle else None)
         if fraction == 0 or fraction < tiling.min_valid_fraction:
             skipped += 1
             continue
@@ -420,21 +415,18 @@ def _summary(out_folder: Path, metadata_format: str, tiling: _Tiling, parts: lis
     return summary
 
 
-def _read_tile(readers: list[AlignedReader], window: Window, rotated: Affine | None = None,
-               resampling: Sequence[Resampling] = ()) -> tuple[list, float]:
+def _read_tile(readers: list[AlignedReader], window: Window,
+               rotated: Affine | None = None) -> tuple[list, float]:
     """Read one tile from every raster: ``[(reader, data, band_valid)]`` and the share of pixels
     that hold data in all of them (a pixel holds data when any of its bands does).
 
     With ``rotated`` (the turned tile's transform), each raster is warped onto that grid
-    instead, with its entry of ``resampling``."""
+    instead, with its own resampling."""
     chips = []
     size = (int(window.width), int(window.height))
     valid = np.ones((size[1], size[0]), dtype=bool)
-    for i, reader in enumerate(readers):
-        if rotated is None:
-            data, covered = reader.read(window)
-        else:
-            data, covered = _read_rotated(reader, rotated, size, resampling[i])
+    for reader in readers:
+        data, covered = reader.read(window) if rotated is None else reader.read_on(rotated, size)
         band_valid = band_validity(data, reader.nodata) & covered
         valid &= band_valid.any(axis=0)
         chips.append((reader, data, band_valid))
@@ -503,25 +495,6 @@ def rotate_about_centre(transform: Affine, size: tuple[int, int], angle: float) 
     return Affine.rotation(-angle, pivot=centre) @ transform
 
 
-def _read_rotated(reader: AlignedReader, transform: Affine, size: tuple[int, int],
-                  resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
-    """Warp ``reader``'s raster onto a (turned) chip grid: ``(data, covered)`` as
-    :meth:`AlignedReader.read` gives them. Pixels the raster does not cover (beyond its edge, or
-    nodata in it) are ``covered=False`` and hold the raster's fill value."""
-    width, height = size
-    count = reader.count
-    dest = np.empty((count + 1, height, width), dtype=reader.dtype)  # last band: the warper's alpha
-    dest[:count] = reader.fill
-    dest[count] = 0
-    reproject(rasterio.band(reader.ds, list(range(1, count + 1))), dest, src_nodata=reader.nodata,
-              dst_transform=transform, dst_crs=reader.grid.crs, dst_nodata=reader.nodata,
-              dst_alpha=count + 1, init_dest_nodata=False, resampling=resampling)
-    covered = dest[count] > 0
-    data = dest[:count]
-    data[:, ~covered] = reader.fill
-    return data, covered
-
-
 def _read_mask_polygons(in_mask_polygons) -> tuple[gpd.GeoDataFrame, str]:
     if isinstance(in_mask_polygons, gpd.GeoDataFrame):
         return in_mask_polygons, "GeoDataFrame"
@@ -531,10 +504,15 @@ def _read_mask_polygons(in_mask_polygons) -> tuple[gpd.GeoDataFrame, str]:
     path = Path(in_mask_polygons)
     if not path.exists():
         raise FileNotFoundError(f"in_mask_polygons {path}: no such file.")
+    return _read_vector(path, "in_mask_polygons"), str(path)
+
+
+def _read_vector(path: Path, role: str) -> gpd.GeoDataFrame:
+    """Read an existing vector file; anything GDAL cannot read is a ValueError naming it."""
     try:
-        return gpd.read_file(path), str(path)
+        return gpd.read_file(path)
     except Exception as err:  # pyogrio raises several types; all mean "not a vector file"
-        raise ValueError(f"in_mask_polygons {path}: not a vector file that can be read ({err}).") from err
+        raise ValueError(f"{role} {path}: not a vector file that can be read ({err}).") from err
 
 
 def _placeable(gdf: gpd.GeoDataFrame, grid: Grid, role: str, what: str) -> gpd.GeoDataFrame:
@@ -641,12 +619,8 @@ def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, c
         labels = _RasterLabels(stack.enter_context(open_raster(path, "in_class_data")), grid)
         stack.callback(labels.reader.close)
         return labels
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as err:  # pyogrio raises several types; all mean "not a vector file"
-        raise ValueError(f"in_class_data {path}: not a vector file that can be read ({err}).") from err
-    return _VectorLabels(gdf, str(path), grid, class_value_field, contour_width, contour_value,
-                         buffer_radius)
+    return _VectorLabels(_read_vector(path, "in_class_data"), str(path), grid, class_value_field,
+                         contour_width, contour_value, buffer_radius)
 
 
 def _is_raster(path: Path) -> bool:
@@ -806,8 +780,7 @@ class _RasterLabels:
         if tile_transform is None:
             data, covered = self.reader.read(window)
         else:
-            data, covered = _read_rotated(self.reader, tile_transform,
-                                          (int(window.width), int(window.height)), Resampling.nearest)
+            data, covered = self.reader.read_on(tile_transform, (int(window.width), int(window.height)))
         label = np.where(band_validity(data, self.reader.nodata)[0] & covered, data[0], 0)
         if label.min() < 0 or label.max() > 65535:
             raise ValueError(f"in_class_data {self.reader.ds.name}: class values must lie in "

@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 __all__ = ["Grid", "AlignedReader", "bounds_overlap", "clip_raster", "is_toolkit_raster", "open_raster",
@@ -104,6 +104,7 @@ class AlignedReader:
         self.ds = ds
         self.grid = grid
         self.role = role
+        self.resampling = resampling
         self.count = ds.count
         self.dtype = np.dtype(ds.dtypes[0])
         self.nodata = ds.nodata
@@ -156,6 +157,24 @@ class AlignedReader:
                 covered[rows, cols] = self._source.read(self._alpha, window=inner) > 0
                 # The warper writes 0 where the source has no data; use the raster's own fill.
                 data[:, ~covered] = self.fill
+        return data, covered
+
+    def read_on(self, transform: Affine, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Warp the raster onto another grid of ``size`` (width, height) pixels in the reference
+        CRS, e.g. a turned chip's, with this reader's resampling: ``(data, covered)`` as
+        :meth:`read` gives them. Pixels the raster does not cover (beyond its edge, or nodata in
+        it) are ``covered=False`` and hold the fill value."""
+        width, height = size
+        count = self.count
+        dest = np.empty((count + 1, height, width), dtype=self.dtype)  # last band: the warper's alpha
+        dest[:count] = self.fill
+        dest[count] = 0
+        reproject(rasterio.band(self.ds, list(range(1, count + 1))), dest, src_nodata=self.nodata,
+                  dst_transform=transform, dst_crs=self.grid.crs, dst_nodata=self.nodata,
+                  dst_alpha=count + 1, init_dest_nodata=False, resampling=self.resampling)
+        covered = dest[count] > 0
+        data = dest[:count]
+        data[:, ~covered] = self.fill
         return data, covered
 
     def close(self) -> None:

@@ -190,11 +190,8 @@ class ArcGISImageTranslation:
         except ImportError as err:
             raise ImportError(f"{self.emd_path}: this model needs the Python package 'toolkit', which "
                               f"this Python environment lacks ({err}). {_INSTALL_HINT}") from err
-        self.model = load_model(self.emd_path)
         self.device = _torch_device(kwargs.get("device"))
-        self.model.device = self.device  # every forward pass runs there (TranslationModel._run)
-        for net in self.model.networks.values():
-            net.to(self.device)
+        self.model = load_model(self.emd_path, device=self.device)  # every forward pass runs there
         self.translation = self._translation("b")
 
     @property

@@ -277,7 +277,7 @@ class TranslationModel:
     # --- construction ----------------------------------------------------------------------------
 
     def _setup(self, config: dict, input_norm: BandNorm, target_norm, data, *, mixed_precision=None,
-               working_dir=None, **build_kwargs) -> None:
+               working_dir=None, device=None, **build_kwargs) -> None:
         self.config = config
         self.input_norm, self.target_norm = input_norm, target_norm
         self.data = data
@@ -285,7 +285,8 @@ class TranslationModel:
         self.metrics: dict[str, float] = {}
         self.footprint_settings: dict[str, float] | None = None
         self._suggested_lr: float | None = None
-        self.device = data.device if data is not None else default_device()
+        self.device = (data.device if data is not None else
+                       torch.device(device) if device is not None else default_device())
         # The same builder checks a saved model's weights on the meta device (emd_schema).
         self.network_names = []
         for name, net in self.build_networks(config, **build_kwargs).items():
@@ -330,7 +331,7 @@ class TranslationModel:
 
     @classmethod
     def from_model(cls, emd_path: str | os.PathLike, data=None, *, normalization: str = "model",
-                   working_dir: str | os.PathLike | None = None):
+                   working_dir: str | os.PathLike | None = None, device: str | torch.device | None = None):
         """Load a saved model (its ``.emd``, folder or ``.dlpk``) for inference, or, with ``data``,
         to train further (fine-tuning). Without data, ``fit`` raises a clear error. Called as
         arcgis.learn's ``from_model(emd_path, data=None)`` (ArcGIS Pro's loaders pass both by name).
@@ -342,7 +343,12 @@ class TranslationModel:
                 prediction see the same scaling. ``"data"`` re-fits the model to the data's
                 statistics instead (the model then scales every input with them; a warning says so).
             working_dir: folder for checkpoints and saved models; default ``<data.path>/models``.
+            device: without ``data``, where the networks are loaded and run (``"cpu"``,
+                ``"cuda:1"``...); default the GPU when there is one. With ``data``, its device.
         """
+        if device is not None and data is not None:
+            raise ValueError("from_model: pass device= only without data; with data the model "
+                             "trains and runs on the data's device.")
         if normalization not in ("model", "data"):
             raise ValueError(f"normalization must be 'model' or 'data', got {normalization!r}.")
         emd, weights, emd_path = read_model_folder(emd_path)  # a validated .emd, size-capped reads
@@ -376,7 +382,7 @@ class TranslationModel:
                           "continues without it (the VGG-16 weights are not saved with the model). "
                           "Its config records perceptual_loss=False from now on.", stacklevel=2)
             config = dict(config, perceptual_loss=False)
-        model._setup(config, input_norm, target_norm, data, working_dir=working_dir)
+        model._setup(config, input_norm, target_norm, data, working_dir=working_dir, device=device)
         model._load_weights(weights, emd_path)
         model.history = list(emd["Toolkit"].get("history", []))
         model.metrics = dict(emd["Toolkit"].get("metrics", {}))
