@@ -40,7 +40,7 @@ def test_round_trip_on_the_atlanta_sample(atlanta, tmp_path):
 
     trained = result(toolkit("train", str(chips), "--out", str(model), "--epochs", "1", "--ngf", "8",
                              "--ndf", "8", "--batch-size", "16", "--class-balance", "--checkpoint", "all",
-                             "--tensorboard", cwd=tmp_path))
+                             "--tensorboard", "--lambda-l1", "50", "--norm", "instance", cwd=tmp_path))
     assert Path(trained["dlpk"]).is_file() and "iou" in trained["metrics"]
     work = model.parent / "buildings_work"
     assert list((work / "checkpoints").glob("pix2pix-*_epoch0.pth"))
@@ -48,6 +48,7 @@ def test_round_trip_on_the_atlanta_sample(atlanta, tmp_path):
     assert json.loads((model / "buildings.emd").read_text())["ModelType"] == "Pix2Pix"
     described = result(toolkit("info", trained["dlpk"], cwd=tmp_path))
     assert (described["model_type"], described["epochs_trained"]) == ("Pix2Pix", 1)
+    assert (described["config"]["lambda_l1"], described["config"]["norm"]) == (50.0, "instance")
 
     prediction = tmp_path / "prediction.tif"
     result(toolkit("predict", trained["dlpk"], str(scene), str(prediction), "--padding", "16", cwd=tmp_path))

@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--schedule", choices=["linear"], help="constant, then linear decay (else one-cycle)")
     p.add_argument("--class-balance", action="store_true", help="Pix2Pix on class masks: balanced L1")
+    p.add_argument("--lambda-l1", type=float, default=100.0, help="Pix2Pix: weight of the L1 term")
+    p.add_argument("--gan-weight", type=float, default=1.0,
+                   help="Pix2Pix: weight of the adversarial term (0: a plain L1 U-Net)")
+    p.add_argument("--norm", choices=["batch", "instance"], default="batch", help="Pix2Pix: normalisation layers")
     p.add_argument("--working-dir", help="checkpoints folder (default: beside --out)")
     p.add_argument("--early-stopping", type=int, metavar="EPOCHS",
                    help="stop when the validation loss has not improved for this many epochs")
@@ -156,6 +160,7 @@ def _train(args) -> dict | None:
         model = CycleGAN(data, ngf=args.ngf, ndf=args.ndf, gen_blocks=args.gen_blocks, working_dir=working_dir)
     else:
         model = Pix2Pix(data, ngf=args.ngf, ndf=args.ndf, class_balance=args.class_balance,
+                        lambda_l1=args.lambda_l1, gan_weight=args.gan_weight, norm=args.norm,
                         working_dir=working_dir)
     if ddp.is_main() and not ddp.launched():
         print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
@@ -171,9 +176,7 @@ def _train(args) -> dict | None:
 
 
 def _predict(args) -> dict:
-    from toolkit import load_model
-
-    from toolkit import predict_rasters
+    from toolkit import load_model, predict_rasters
 
     if args.scheduler and args.workers:
         raise ValueError("give --scheduler or --workers, not both.")
