@@ -347,6 +347,28 @@ def test_balanced_l1_weighs_class_and_background_equally():
     assert float(balanced_l1(pred, target)) == pytest.approx(0.5)  # band 0 right, band 1 wrong
 
 
+def test_balanced_l1_shares_the_rest_of_a_band_by_class():
+    """Contour-reinforced masks: in the outline band, the footprint interior is a quarter of the
+    loss (the rest, half, shared with the background), not a sliver of it by pixel count, which
+    taught the band to cover whole buildings."""
+    from toolkit.data.normalization import MaskEncoding
+    from toolkit.models.gan import balanced_l1
+
+    label = np.zeros((16, 16), np.uint8)
+    label[2:12, 2:12] = 2  # a footprint drawn with a 1 px outline (class 2) round its interior (1)
+    label[3:11, 3:11] = 1
+    encoding = MaskEncoding([{"Value": 1, "Name": "building"}, {"Value": 2, "Name": "boundary"}])
+    target = torch.from_numpy(encoding.encode(label))[None]  # (1, 2, 16, 16)
+    assert float(balanced_l1(-target, target)) == pytest.approx(2.0)  # each band's weights sum to 1
+    outline_band = {"fires over the interior": (label == 1, 1.0, 0.25),
+                    "misses the outline": (label == 2, -1.0, 0.5),
+                    "fires over the background": (label == 0, 1.0, 0.25)}
+    for what, (where, value, share) in outline_band.items():
+        wrong = target.clone()
+        wrong[0, 1][torch.from_numpy(where)] = value
+        assert float(balanced_l1(wrong, target)) == pytest.approx(2 * share / 2), what
+
+
 def test_class_balance_only_for_mask_targets(ms2pan_data):
     with pytest.raises(ValueError, match="class_balance"):
         Pix2Pix(ms2pan_data, ngf=8, ndf=8, class_balance=True)

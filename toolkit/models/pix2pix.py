@@ -60,10 +60,11 @@ class Pix2Pix(TranslationModel):
         lambda_l1: weight of the L1 term (100 in the paper).
         gan_weight: weight of the adversarial term; 0 gives a plain L1 U-Net (the baseline).
         norm: ``"batch"`` (the paper) or ``"instance"``.
-        class_balance: mask targets (Classified_Tiles) only: weigh each class's pixels and the
-            rest equally in the L1 term (:func:`toolkit.models.gan.balanced_l1`), and report that
-            as ``valid_loss``. For sparse classes such as buildings, where the paper's L1 favours
-            predicting background everywhere.
+        class_balance: mask targets (Classified_Tiles) only: every class, background included,
+            weighs the same in the L1 term (each pixel by the inverse of its class's pixel count:
+            :func:`toolkit.models.gan.balanced_l1`), and report that as ``valid_loss``. For
+            sparse classes such as buildings, where the paper's L1 favours predicting background
+            everywhere.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
         working_dir: folder for checkpoints, saved models and TensorBoard logs; default
             ``<working_dir>/models`` of ``prepare_data(working_dir=...)``, else ``<data.path>/models``.
