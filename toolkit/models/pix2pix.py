@@ -60,9 +60,9 @@ class Pix2Pix(TranslationModel):
         lambda_l1: weight of the L1 term (100 in the paper).
         gan_weight: weight of the adversarial term; 0 gives a plain L1 U-Net (the baseline).
         norm: ``"batch"`` (the paper) or ``"instance"``.
-        class_balance: mask targets (Classified_Tiles) only: every class, background included,
-            weighs the same in the L1 term (each pixel by the inverse of its class's pixel count:
-            :func:`toolkit.models.gan.balanced_l1`), and report that as ``valid_loss``. For
+        class_balance: mask targets (Classified_Tiles) only: in the L1 term, each class's band
+            weighs its class's pixels half and the rest half, shared equally by the other classes
+            (:func:`toolkit.models.gan.balanced_l1`), and report that as ``valid_loss``. For
             sparse classes such as buildings, where the paper's L1 favours predicting background
             everywhere.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
