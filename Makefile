@@ -3,6 +3,11 @@
 # pinned versions of constraints.txt, then run.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The local mirror of the downloaded samples (toolkit.datasets), for machines without internet:
+# ../shared/data beside this checkout, or beside the repository it was cloned from.
+MIRROR_CANDIDATES := ../shared/data $(shell git config --get remote.origin.url 2>/dev/null)/../shared/data
+TOOLKIT_DATA_MIRROR ?= $(firstword $(foreach d,$(MIRROR_CANDIDATES),$(if $(wildcard $(d)/banepa),$(abspath $(d)))))
+export TOOLKIT_DATA_MIRROR
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # tests draw figures without a screen
 
 from toolkit import datasets  # noqa: E402
 
-SAMPLE_FIXTURES = {"atlanta", "rotterdam", "vegas", "nebraska", "solaris_wheel"}
+SAMPLE_FIXTURES = {"atlanta", "rotterdam", "vegas", "nebraska", "solaris_wheel", "banepa", "banepa_mirror"}
 
 
 def pytest_collection_modifyitems(items):
@@ -30,7 +30,28 @@ def _fetch(name: str) -> dict:
     try:
         return datasets.fetch(name)
     except datasets.SampleDataError as err:
-        pytest.fail(f"[sample_data] the SpaceNet sample {name!r} is not available: {err}", pytrace=False)
+        pytest.fail(f"[sample_data] the sample {name!r} is not available: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def banepa_mirror() -> Path:
+    """The local mirror of the downloaded samples, ``$TOOLKIT_DATA_MIRROR`` (``make test`` sets
+    it to ``../shared/data`` where that folder exists): this machine has no internet."""
+    from toolkit import banepa
+
+    folder = os.environ.get(banepa.MIRROR_ENV)
+    if not folder or not (Path(folder) / banepa.MIRROR_FOLDER).is_dir():
+        pytest.fail(f"[sample_data] {banepa.MIRROR_ENV}={folder!r} does not name a folder holding "
+                    f"'{banepa.MIRROR_FOLDER}/' (the Banepa files laid out as their source); set it to "
+                    "the data mirror, e.g. ../shared/data.", pytrace=False)
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def banepa(banepa_mirror) -> dict:
+    """Banepa: 'image' (826 x 1089 px RGB uint8 mosaic, 0.5 m, EPSG:32645) and 'footprints'
+    (1,466 polygons), fetched from the mirror into the cache."""
+    return _fetch("banepa_buildings")
 
 
 @pytest.fixture(scope="session")

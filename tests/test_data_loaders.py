@@ -161,6 +161,66 @@ def test_default_augmentation_is_paired_and_training_only(identity_pairs):
         torch.testing.assert_close(data.valid_ds[i][0], plain.valid_ds[i][0])  # not on validation
 
 
+def test_turns_and_zooms_go_to_input_and_target_alike(identity_pairs):
+    data = prepare_data(identity_pairs, batch_size=8, val_split_pct=0.2, max_rotate=45, max_zoom=1.3)
+    plain = prepare_data(identity_pairs, batch_size=8, val_split_pct=0.2, transforms=False)
+    changed = 0
+    for i in range(len(data.train_ds)):
+        x, y = data.train_ds[i]
+        torch.testing.assert_close(x, y)  # the same turn and zoom went to both
+        changed += not torch.equal(x, plain.train_ds[i][0])
+    assert changed == len(data.train_ds)
+    torch.testing.assert_close(data.valid_ds[0][0], plain.valid_ds[0][0])  # not on validation
+
+
+def test_lighting_changes_the_input_only(identity_pairs):
+    plain = prepare_data(identity_pairs, batch_size=8, val_split_pct=0.2, transforms=False)
+    lit = prepare_data(identity_pairs, batch_size=8, val_split_pct=0.2, transforms=False, max_lighting=0.3)
+    for i in range(len(lit.train_ds)):
+        x, y = lit.train_ds[i]
+        x0, y0 = plain.train_ds[i]
+        torch.testing.assert_close(y, y0)  # the target keeps its values
+        assert not torch.equal(x, x0) and -1 <= x.min() and x.max() <= 1
+        # brightness and contrast change, the picture stays: still strongly correlated
+        assert np.corrcoef(x.numpy().ravel(), x0.numpy().ravel())[0, 1] > 0.8
+
+
+def test_masks_get_the_extra_augmentation_by_default(atlanta_tiles, identity_pairs):
+    from toolkit.data.loaders import MASK_AUGMENTATION
+
+    masks = prepare_data(atlanta_tiles).train_ds
+    assert (masks.lighting, masks.rotate, masks.zoom) == tuple(MASK_AUGMENTATION.values())
+    images = prepare_data(identity_pairs).train_ds
+    assert (images.lighting, images.rotate, images.zoom) == (0.0, 0.0, 1.0)
+    off = prepare_data(atlanta_tiles, transforms=False).train_ds
+    assert (off.lighting, off.rotate, off.zoom) == (0.0, 0.0, 1.0)
+    # turned labels keep their class values (nearest neighbour)
+    for i in range(8):
+        _, y = masks[i]
+        assert set(torch.unique(y).tolist()) <= {-1.0, 1.0}
+    for bad in ({"max_lighting": 1.0}, {"max_rotate": -5}, {"max_zoom": 0.8}, {"max_lighting": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            prepare_data(atlanta_tiles, **bad)
+
+
+def test_chips_are_read_from_disk_once(atlanta_tiles, monkeypatch):
+    from toolkit.data import dataset
+
+    data = prepare_data(atlanta_tiles, batch_size=4)
+    first = [data.valid_ds[i] for i in range(len(data.valid_ds))]
+    reads = []
+    monkeypatch.setattr(dataset, "read_pair", lambda *a, **k: reads.append(a) or pytest.fail("read again"))
+    for i, (x, y) in enumerate(first):
+        again = data.valid_ds[i]
+        torch.testing.assert_close(again[0], x)
+        torch.testing.assert_close(again[1], y)
+    assert not reads
+    monkeypatch.setattr(dataset, "CHIP_CACHE_BYTES", 0)  # over the budget: read every time
+    fresh = prepare_data(atlanta_tiles, batch_size=4).valid_ds
+    with pytest.raises(pytest.fail.Exception, match="read again"):
+        fresh[0]
+
+
 def test_fastai_transforms_are_applied_to_both(identity_pairs):
     data = prepare_data(identity_pairs, batch_size=8, val_split_pct=0.2, transforms=[Dihedral(p=1.0), Flip(p=0.5)])
     plain = prepare_data(identity_pairs, batch_size=8, val_split_pct=0.2, transforms=False)

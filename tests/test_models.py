@@ -389,7 +389,7 @@ def test_tune_footprints_sets_the_defaults_of_vectorize(atlanta, tmp_path):
     tuned = model.tune_footprints(thresholds=(0.3, 0.5, 0.7), boundary_thresholds=(0.3, 0.5),
                                   min_areas=(0.0, 5.0))
     assert tuned["f1"] >= tuned["default_f1"]
-    settings = {k: tuned[k] for k in ("threshold", "boundary_threshold", "min_area")}
+    settings = {k: tuned[k] for k in ("threshold", "boundary_threshold", "min_area", "marker_erosion")}
     assert model.footprint_settings == settings
 
     loaded = Pix2Pix.from_model(model.save(tmp_path / "m", compute_metrics=False))

@@ -22,7 +22,7 @@ def test_notebooks_are_saved_without_outputs():
 
 @pytest.mark.parametrize("name", ["01_building_footprints.ipynb", "02_image_translation.ipynb",
                                   "03_unpaired_translation.ipynb"])
-def test_notebook_runs(name, tmp_path, monkeypatch, atlanta, rotterdam):
+def test_notebook_runs(name, tmp_path, monkeypatch, atlanta, rotterdam, banepa):
     # the fixtures fetch the samples first, so a missing download fails with its own message
     monkeypatch.setenv("TOOLKIT_QUICK", "1")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

@@ -11,7 +11,7 @@ from affine import Affine
 from shapely.geometry import box
 
 from toolkit import vectorize
-from toolkit.metrics import footprint_scores, object_f1, pixel_scores, psnr, ssim
+from toolkit.metrics import footprint_scores, object_counts, object_f1, pixel_scores, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +235,37 @@ def test_regularized_footprints_have_straight_edges(touching):
     vertices = lambda gdf: sum(len(g.exterior.coords) for g in gdf.geometry.explode())  # noqa: E731
     assert vertices(regular) < vertices(plain) / 5  # the pixel staircase is gone
     assert object_f1(regular, t["grown"])["f1"] >= 0.95
+
+
+@pytest.mark.parametrize("threshold, boundary_threshold, min_area, erosion",
+                         [(0.5, 0.5, 0.0, 0), (0.3, 0.6, 20.0, 1), (0.7, 0.3, 5.0, 2)])
+def test_object_counts_on_labels_equal_object_f1_on_polygons(touching, threshold, boundary_threshold,
+                                                             min_area, erosion):
+    """tune_footprints scores label rasters (fast); the counts must be those of the polygons."""
+    from toolkit.vector import footprint_labels
+
+    t = touching
+    truth_labels = footprint_labels(t["label"][None], boundary_class=2)
+    truth = vectorize(t["label"][None], boundary_class=2, transform=t["transform"], crs=t["crs"])
+    settings = {"threshold": threshold, "boundary_threshold": boundary_threshold, "marker_erosion": erosion}
+    found = footprint_labels(t["scores"], boundary_band=1, **settings)
+    polygons = vectorize(t["scores"], boundary_band=1, min_area=min_area, transform=t["transform"],
+                         crs=t["crs"], **settings)
+    pixel_area = abs(t["transform"].a * t["transform"].e)
+    tp, fp, fn = object_counts(found, truth_labels, min_pixels=int(np.ceil(min_area / pixel_area)))
+    expected = object_f1(polygons, truth)
+    assert (tp, fp, fn) == (expected["tp"], expected["fp"], expected["fn"])
+    assert tp > 0
+
+
+def test_object_counts_by_hand():
+    truth = np.zeros((6, 6), int)
+    truth[:3, :3], truth[4:, 4:] = 1, 2
+    pred = np.zeros((6, 6), int)
+    pred[:3, :2] = 5   # IoU 6/9 with truth 1: a match
+    pred[4:, 5:] = 7   # IoU 2/4 with truth 2: a match at >= 0.5
+    pred[0, 5] = 9     # one pixel, nothing true there
+    assert object_counts(pred, truth) == (2, 1, 0)
+    assert object_counts(pred, truth, iou_threshold=0.6) == (1, 2, 1)
+    assert object_counts(pred, truth, min_pixels=3) == (1, 0, 1)  # the small ones are dropped
+    assert object_counts(np.zeros_like(truth), truth) == (0, 0, 2)

@@ -20,6 +20,7 @@ and never an input.**
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 
 __all__ = ["MANIFEST", "atomic_file", "atomic_folder", "check_not_input", "check_output_file",
            "check_output_folder", "check_writable_folder", "foreign_files", "remove_stale",
-           "remove_stale_in"]
+           "remove_stale_in", "sha256"]
 
 MANIFEST = ".toolkit-output.json"
 
@@ -273,3 +274,12 @@ def atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     finally:
         for sidecar in tmp.parent.glob(glob.escape(tmp.name) + ".*"):  # e.g. GDAL's .aux.xml
             sidecar.unlink(missing_ok=True)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--boundary-threshold", type=float)
     p.add_argument("--min-area", type=float)
+    p.add_argument("--marker-erosion", type=int)
     p.add_argument("--simplify-tolerance", type=float, default=0.0)
     p.add_argument("--regularize", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace a GeoPackage the toolkit wrote")
@@ -211,7 +212,7 @@ def _predict(args) -> dict:
 def _vectorize(args) -> dict:
     from toolkit import vectorize, write_vector
 
-    settings = {k: getattr(args, k) for k in ("threshold", "boundary_threshold", "min_area")
+    settings = {k: getattr(args, k) for k in ("threshold", "boundary_threshold", "min_area", "marker_erosion")
                 if getattr(args, k) is not None}
     polygons = vectorize(args.in_raster, simplify_tolerance=args.simplify_tolerance,
                          regularize=args.regularize, **settings)

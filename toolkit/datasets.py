@@ -1,6 +1,9 @@
 """Real sample imagery for the tests, the demo and the notebooks.
 
-The samples are SpaceNet imagery and labels (CC BY-SA 4.0, https://spacenet.ai) that ship inside
+Two sources. ``"banepa_buildings"`` (drone imagery of Banepa, Nepal, with 1,466 OpenStreetMap
+footprints) is downloaded from pinned public addresses with checksums, or copied from a local
+mirror named by ``$TOOLKIT_DATA_MIRROR``, and mosaicked once (:mod:`toolkit.banepa`). The other
+samples are SpaceNet imagery and labels (CC BY-SA 4.0, https://spacenet.ai) that ship inside
 the ``solaris==0.4.0`` wheel on the Python Package Index. :func:`fetch` downloads that wheel once
 with pip, checks its sha256, and extracts only the files a sample needs into a cache folder
 (``$TOOLKIT_DATA``, else ``~/.cache/toolkit``). The second call returns at once.
@@ -15,7 +18,6 @@ with pip 24.0, itself fetched as a wheel by the user's pip and run straight from
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,7 +26,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["SampleDataError", "available", "cache_dir", "describe", "fetch"]
+from toolkit._fs import sha256
+
+__all__ = ["Sample", "SampleDataError", "available", "cache_dir", "credit", "describe", "fetch"]
 
 WHEEL_REQUIREMENT = "solaris==0.4.0"
 WHEEL_NAME = "solaris-0.4.0-py3-none-any.whl"
@@ -85,20 +89,46 @@ _DESCRIPTIONS: dict[str, str] = {
 
 CREDIT = "SpaceNet sample data (CC BY-SA 4.0), shipped in the solaris 0.4.0 wheel."
 
+# samples downloaded from pinned addresses (not from the wheel): name -> module that fetches them
+_REMOTE = {"banepa_buildings": "toolkit.banepa"}
+
+
+class Sample(dict):
+    """What :func:`fetch` returns: ``{role: path}`` (a plain dict of :class:`~pathlib.Path` s),
+    plus the sample's ``name`` and the ``credit`` line to show wherever its data or figures made
+    from it appear."""
+
+    def __init__(self, name: str, paths: dict[str, Path], credit: str) -> None:
+        super().__init__(paths)
+        self.name = name
+        self.credit = credit
+
 
 class SampleDataError(RuntimeError):
-    """The sample wheel could not be downloaded, verified or read."""
+    """A sample could not be downloaded, verified or read."""
 
 
 def available() -> list[str]:
     """Names accepted by :func:`fetch`."""
-    return sorted(_SAMPLES)
+    return sorted([*_SAMPLES, *_REMOTE])
 
 
 def describe(name: str) -> str:
     """One paragraph on what the sample ``name`` holds."""
     _check_name(name)
-    return _DESCRIPTIONS[name]
+    return _remote(name).DESCRIPTION if name in _REMOTE else _DESCRIPTIONS[name]
+
+
+def credit(name: str) -> str:
+    """The attribution line of sample ``name`` (its licences), for figures and reports."""
+    _check_name(name)
+    return _remote(name).CREDIT if name in _REMOTE else CREDIT
+
+
+def _remote(name: str):
+    import importlib
+
+    return importlib.import_module(_REMOTE[name])
 
 
 def cache_dir() -> Path:
@@ -107,27 +137,44 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "toolkit"
 
 
-def fetch(name: str, *, data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+def fetch(name: str, *, data_dir: str | os.PathLike | None = None,
+          mirror: str | os.PathLike | None = None) -> Sample:
     """Make sample ``name`` available on disk and return its files by role.
 
     Args:
-        name: one of :func:`available`, e.g. ``"atlanta_buildings"``.
+        name: one of :func:`available`, e.g. ``"banepa_buildings"`` or ``"atlanta_buildings"``.
         data_dir: cache folder; default :func:`cache_dir`.
+        mirror: for ``"banepa_buildings"``: a folder or ``http(s)://`` address holding a copy of
+            the files laid out as ``banepa/oam/...`` (default ``$TOOLKIT_DATA_MIRROR``); files
+            from it are checked against the same SHA-256 as downloads. Without one the files are
+            downloaded from their pinned public addresses.
 
     Returns:
-        ``{role: path}``, e.g. ``{"image": .../sample_geotiff.tif, "footprints": ...}``.
+        A :class:`Sample`: ``{role: path}``, e.g. ``{"image": .../sample_geotiff.tif,
+        "footprints": ...}``, with ``.credit``. ``"banepa_buildings"`` gives ``"image"`` (the
+        0.5 m UTM mosaic, GeoTIFF), ``"footprints"`` (GeoPackage in its CRS), ``"tiles"`` (the
+        folder of the original tiles) and ``"metadata"`` (the source's STAC item).
 
     Raises:
-        SampleDataError: the wheel could not be downloaded or failed its checksum; the message
-            says what to download and where to put it.
+        SampleDataError: the files could not be downloaded or failed their checksum; the message
+            names the address and what to do offline (the file to put in place, or
+            ``TOOLKIT_DATA_MIRROR``). Nothing unverified is left in the cache.
     """
     _check_name(name)
     root = Path(data_dir).expanduser() if data_dir is not None else cache_dir()
     folder = root / name
+    if name in _REMOTE:
+        source = _remote(name)
+        mirror = mirror if mirror is not None else (os.environ.get(source.MIRROR_ENV) or None)
+        raw = source.fetch_files(folder / "raw", mirror, SampleDataError)
+        return Sample(name, source.build(raw, folder), source.CREDIT)
+    if mirror is not None:
+        raise ValueError(f"mirror= applies to the downloaded samples ({', '.join(_REMOTE)}); "
+                         f"{name!r} comes from the {WHEEL_NAME} wheel (TOOLKIT_DATA names its folder).")
     members = _SAMPLES[name]
     paths = {key: folder / Path(member).name for key, member in members.items()}
     if all(p.is_file() for p in paths.values()):
-        return paths
+        return Sample(name, paths, CREDIT)
 
     wheel = _ensure_wheel(root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,33 +190,25 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None) -> dict[str, 
                 os.replace(tmp, paths[key])
     except (zipfile.BadZipFile, KeyError) as err:
         raise SampleDataError(f"{wheel}: cannot extract the '{name}' sample ({err}).") from err
-    return paths
+    return Sample(name, paths, CREDIT)
 
 
 def _check_name(name: str) -> None:
-    if name not in _SAMPLES:
+    if name not in _SAMPLES and name not in _REMOTE:
         raise KeyError(f"Unknown sample {name!r}; available: {', '.join(available())}.")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _ensure_wheel(root: Path) -> Path:
     """Return the verified sample wheel in ``root``, downloading it if needed."""
     wheel = root / WHEEL_NAME
     if wheel.is_file():
-        if _sha256(wheel) == WHEEL_SHA256:
+        if sha256(wheel) == WHEEL_SHA256:
             return wheel
         wheel.unlink()  # a damaged or foreign file: fetch it again
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         downloaded = _download(Path(tmp))
-        digest = _sha256(downloaded)
+        digest = sha256(downloaded)
         if digest != WHEEL_SHA256:
             raise SampleDataError(
                 f"The downloaded {WHEEL_NAME} has sha256 {digest}, expected {WHEEL_SHA256}. "

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-__all__ = ["confusion", "footprint_scores", "object_f1", "pixel_scores", "psnr",
+__all__ = ["confusion", "footprint_scores", "object_counts", "object_f1", "pixel_scores", "psnr",
            "scores_from_confusion", "ssim"]
 
 
@@ -135,6 +135,38 @@ def object_f1(pred_polygons, truth_polygons, iou_threshold: float = 0.5) -> dict
     scores = scores_from_confusion([tp, fp, fn, 0])
     return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
             "tp": tp, "fp": fp, "fn": fn}
+
+
+def object_counts(pred_labels: np.ndarray, truth_labels: np.ndarray, iou_threshold: float = 0.5,
+                  min_pixels: int = 0) -> tuple[int, int, int]:
+    """``(tp, fp, fn)`` of :func:`object_f1` computed on label rasters instead of polygons: one
+    integer label per object, 0 background, on one pixel grid. Predicted objects smaller than
+    ``min_pixels`` are dropped first. The IoU of a pair is that of its pixel sets, which is the
+    polygons' IoU for outlines traced along pixel edges, so the counts equal those of
+    :func:`object_f1` on the vectorized labels, at a fraction of the cost (for tuning)."""
+    pred = np.asarray(pred_labels, dtype=np.int64).ravel()
+    truth = np.asarray(truth_labels, dtype=np.int64).ravel()
+    pred_sizes = np.bincount(pred)
+    truth_sizes = np.bincount(truth)
+    pred_sizes[0] = truth_sizes[0] = 0
+    kept = pred_sizes >= max(int(min_pixels), 1)
+    n_pred, n_truth = int(kept.sum()), int((truth_sizes > 0).sum())
+    both = (pred > 0) & (truth > 0) & kept[pred]
+    tp = 0
+    if both.any():
+        pairs, inter = np.unique(pred[both] * len(truth_sizes) + truth[both], return_counts=True)
+        p, t = pairs // len(truth_sizes), pairs % len(truth_sizes)
+        iou = inter / (pred_sizes[p] + truth_sizes[t] - inter)
+        used_p, used_t = set(), set()
+        for k in np.argsort(-iou, kind="stable"):
+            if iou[k] < iou_threshold:
+                break
+            if p[k] in used_p or t[k] in used_t:
+                continue
+            used_p.add(p[k])
+            used_t.add(t[k])
+        tp = len(used_p)
+    return tp, n_pred - tp, n_truth - tp
 
 
 def _geometries(polygons, like) -> np.ndarray:

@@ -40,7 +40,7 @@ BOUNDARY_CLASS_TAG = "BOUNDARY_CLASS"  # class rasters: the class value of footp
 CONTOUR_WIDTH_TAG = "CONTOUR_WIDTH"  # the outline's width in pixels, as exported
 SETTINGS_TAG = "FOOTPRINT_SETTINGS"  # JSON: threshold, boundary_threshold, min_area tuned on data
 
-DEFAULTS = {"threshold": 0.5, "boundary_threshold": 0.5, "min_area": 0.0}
+DEFAULTS = {"threshold": 0.5, "boundary_threshold": 0.5, "min_area": 0.0, "marker_erosion": 0}
 
 
 def footprint_tags(classes: list[dict], *, class_raster: bool, settings: dict | None = None) -> dict:
@@ -66,7 +66,7 @@ def footprint_tags(classes: list[dict], *, class_raster: bool, settings: dict | 
 def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | str | bool | None = None,
               boundary_class: int | None = None, threshold: float | None = None,
               boundary_threshold: float | None = None, min_area: float | None = None,
-              simplify_tolerance: float = 0.0, opening: int = 0, marker_erosion: int = 0,
+              simplify_tolerance: float = 0.0, opening: int = 0, marker_erosion: int | None = None,
               regularize: bool = False, window_size: int = 2048, margin: int = 128,
               transform: Affine | None = None, crs=None) -> gpd.GeoDataFrame:
     """Polygons of the footprints in a mask, one per building.
@@ -96,7 +96,7 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | st
         opening: radius in pixels of a morphological opening applied to the footprint area
             first, which removes speckle and thin bridges between footprints; 0 for none.
         marker_erosion: erode the interior markers by this many pixels first (splits markers
-            joined by a thin bridge of interior pixels).
+            joined by a thin bridge of interior pixels); default the tuned setting, else 0.
         regularize: straighten outlines into right angles and straight edges (the
             ``buildingregulariser`` package, edges merged within a pixel). Off by default: on
             blurry scores it changes object F1 either way (benchmarks/README.md).
@@ -114,7 +114,7 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | st
             tags = src.tags()
             descriptions = list(src.descriptions)
             reader = _RasterWindows(src, window_size, margin)
-            settings = _settings(tags, threshold, boundary_threshold, min_area)
+            settings = _settings(tags, threshold, boundary_threshold, min_area, marker_erosion)
             band, klass = _boundary(boundary_band, boundary_class, tags, descriptions, src.count,
                                     np.issubdtype(np.dtype(src.dtypes[0]), np.integer), src.name)
             transform = src.transform if transform is None else transform
@@ -122,18 +122,17 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | st
             polygons = []
             for data, window, core in reader:
                 polygons += _window_polygons(data, src.nodata, band, klass, settings, opening,
-                                             marker_erosion, transform, window, core)
+                                             transform, window, core)
     else:
         data = np.asarray(source)
         if transform is None:
             raise ValueError("vectorize(array) needs the array's transform (and crs) to place the polygons.")
         data = data[np.newaxis] if data.ndim == 2 else data
-        settings = _settings({}, threshold, boundary_threshold, min_area)
+        settings = _settings({}, threshold, boundary_threshold, min_area, marker_erosion)
         band, klass = _boundary(boundary_band, boundary_class, {}, [None] * data.shape[0], data.shape[0],
                                 np.issubdtype(data.dtype, np.integer), "array")
         window = Window(0, 0, data.shape[2], data.shape[1])
-        polygons = _window_polygons(data, None, band, klass, settings, opening, marker_erosion,
-                                    transform, window, None)
+        polygons = _window_polygons(data, None, band, klass, settings, opening, transform, window, None)
     gdf = gpd.GeoDataFrame(geometry=polygons, crs=crs)
     if regularize and len(gdf):
         gdf = regularize_footprints(gdf, pixel_size=abs(transform.a))
@@ -162,7 +161,7 @@ def regularize_footprints(footprints: gpd.GeoDataFrame, *, pixel_size: float) ->
     return gpd.GeoDataFrame(geometry=regular.geometry.values, crs=footprints.crs)
 
 
-def _settings(tags: dict, threshold, boundary_threshold, min_area) -> dict:
+def _settings(tags: dict, threshold, boundary_threshold, min_area, marker_erosion=None) -> dict:
     """Explicit arguments, else the tuned settings in the tags, else :data:`DEFAULTS`."""
     tuned = {}
     if SETTINGS_TAG in tags:
@@ -170,8 +169,10 @@ def _settings(tags: dict, threshold, boundary_threshold, min_area) -> dict:
             tuned = {k: float(v) for k, v in json.loads(tags[SETTINGS_TAG]).items() if k in DEFAULTS}
         except (ValueError, TypeError, AttributeError):
             tuned = {}
-    given = {"threshold": threshold, "boundary_threshold": boundary_threshold, "min_area": min_area}
+    given = {"threshold": threshold, "boundary_threshold": boundary_threshold, "min_area": min_area,
+             "marker_erosion": marker_erosion}
     settings = DEFAULTS | tuned | {k: v for k, v in given.items() if v is not None}
+    settings["marker_erosion"] = int(settings["marker_erosion"])
     if boundary_threshold is None and "boundary_threshold" not in tuned and threshold is not None:
         settings["boundary_threshold"] = threshold
     return settings
@@ -222,8 +223,7 @@ class _RasterWindows:
                 yield src.read(window=window), window, core
 
 
-def _window_polygons(data, nodata, band, klass, settings, opening, erosion, transform, window,
-                     core) -> list:
+def _window_polygons(data, nodata, band, klass, settings, opening, transform, window, core) -> list:
     """The footprint polygons of one window, in map coordinates; with ``core``, only those whose
     representative point lies in it."""
     wt = transform @ Affine.translation(window.col_off, window.row_off)
@@ -234,7 +234,7 @@ def _window_polygons(data, nodata, band, klass, settings, opening, erosion, tran
         labels = footprint_labels(data, nodata=nodata, boundary_band=band, boundary_class=klass,
                                   threshold=settings["threshold"],
                                   boundary_threshold=settings["boundary_threshold"],
-                                  opening=opening, marker_erosion=erosion)
+                                  opening=opening, marker_erosion=settings["marker_erosion"])
     parts: dict[int, list] = {}
     for geom, value in rasterio.features.shapes(labels, mask=labels > 0, transform=wt):
         parts.setdefault(int(value), []).append(shapely.geometry.shape(geom))

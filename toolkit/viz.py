@@ -127,11 +127,12 @@ def _draw_map(ax, map_picture, title: str, cmap: str = "gray") -> None:
 def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = None,
                     area=None, area_label: str = "held out",
                     colors: Sequence[str] = ("#ff7f0e", "#2ca02c", "#d62728", "#1f77b4"),
-                    cell_size: float = 6.0) -> Figure:
+                    cell_size: float = 6.0, credit: str | None = None) -> Figure:
     """One panel per layer: the image (a raster path) with that layer's polygons outlined, e.g.
     ``{"Predicted": footprints, "Ground truth": truth}``; polygons are reprojected to the image's
     CRS. ``area`` (a shapely geometry in the image's CRS, such as the held-out part of a scene)
-    is outlined dashed in every panel and labelled ``area_label``. Returns the figure."""
+    is outlined dashed in every panel and labelled ``area_label``. ``credit``: the data's
+    attribution line (``datasets.credit(name)``), written under the panels. Returns the figure."""
     import geopandas as gpd
 
     map_picture = _map_picture(image, rgb_bands)  # read once, drawn in every panel
@@ -141,13 +142,15 @@ def plot_footprints(image, layers: dict, *, rgb_bands: Sequence[int] | None = No
         _draw_map(ax, map_picture, f"{title} ({len(polygons)})")
         if crs is not None and polygons.crs is not None and polygons.crs != crs:
             polygons = polygons.to_crs(crs)
-        if len(polygons):
-            polygons.boundary.plot(ax=ax, color=color, linewidth=1.5)
+        if len(polygons):  # thinner outlines where buildings crowd the panel
+            polygons.boundary.plot(ax=ax, color=color, linewidth=1.5 if len(polygons) < 300 else 0.6)
         if area is not None:
             gpd.GeoSeries([area]).boundary.plot(ax=ax, color="white", linestyle="--", linewidth=1.2)
             left, _, _, top = area.bounds
             ax.text(left, top, f" {area_label}", color="white", va="top", fontsize=9)
     fig.tight_layout()
+    if credit:
+        fig.text(0.01, 0.002, credit, fontsize=8, color="0.35", va="bottom")
     return fig
 
 

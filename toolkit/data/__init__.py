@@ -16,14 +16,15 @@ from toolkit.data.dataset import ChipPairDataset, read_image, read_pair
 from toolkit.data.layouts import (CLASSIFIED_TILES, CYCLEGAN, DATASET_TYPES, PIX2PIX,
                                   UNPAIRED_DATASET_TYPES, ChipDomain, ChipFolder, ChipPair,
                                   UnpairedFolder, index_folder, index_unpaired, unpaired_layout)
-from toolkit.data.loaders import ChipDataLoaders, default_num_workers, prepare_data, split_pairs
+from toolkit.data.loaders import ChipDataLoaders, default_num_workers, prepare_data
 from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
+from toolkit.data.split import split_by_area, split_pairs
 from toolkit.data.unpaired import UnpairedDataLoaders, UnpairedDataset
 
 __all__ = [
     "CLASSIFIED_TILES", "CYCLEGAN", "DATASET_TYPES", "PIX2PIX", "UNPAIRED_DATASET_TYPES", "BandNorm",
     "ChipDataLoaders", "ChipDomain", "ChipFolder", "ChipPair", "ChipPairDataset", "MaskEncoding",
     "UnpairedDataLoaders", "UnpairedDataset", "UnpairedFolder", "default_num_workers",
-    "index_folder", "index_unpaired", "prepare_data", "read_image", "read_pair", "split_pairs",
+    "index_folder", "index_unpaired", "prepare_data", "read_image", "read_pair", "split_by_area", "split_pairs",
     "target_from_dict", "unpaired_layout",
 ]

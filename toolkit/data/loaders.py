@@ -8,7 +8,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -21,6 +21,7 @@ from toolkit.data.dataset import ChipPairDataset, read_image, read_pair
 from toolkit.data.layouts import (CLASSIFIED_TILES, ChipFolder, ChipPair, index_folder, index_unpaired,
                                   unpaired_layout)
 from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding
+from toolkit.data.split import split_by_area, split_pairs
 from toolkit.stats import BandStatistics
 
 with quiet_import():
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ChipDataLoaders", "FolderDataLoaders", "default_num_workers", "prepare_data"]
 
-T = TypeVar("T")
+# prepare_data's default extra augmentation of mask targets (Classified_Tiles): arcgis.learn's
+# lighting; turns and zooms, which lift held-out footprint scores (benchmarks/README.md)
+MASK_AUGMENTATION = {"max_lighting": 0.3, "max_rotate": 15.0, "max_zoom": 1.1}
 
 # arcgis.learn prepare_data keywords that the toolkit does not take, and why (named in the error)
 UNSUPPORTED_ARCGIS_KWARGS = {
@@ -66,6 +69,8 @@ class FolderDataLoaders(DataLoaders):
         self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
         # arcgis.learn's working_dir: models trained on this data save under <working_dir>/models
         self.working_dir: Path | None = None
+        # chips in neither set: across the edge of prepare_data's validation_area
+        self.left_out: list = []
 
     @property
     def chip_size(self) -> int | tuple[int, int]:
@@ -157,7 +162,9 @@ class ChipDataLoaders(BandCounts, FolderDataLoaders):
 
     def __repr__(self) -> str:
         return (f"ChipDataLoaders({self.dataset_type}, {self.folder.layout} layout at {self.path}: "
-                f"{len(self.train_ds)} train / {len(self.valid_ds)} valid chips of "
+                f"{len(self.train_ds)} train / {len(self.valid_ds)} valid chips"
+                + (f" ({len(self.left_out)} across the validation area's edge left out)" if self.left_out else "")
+                + " of "
                 f"{self._chip_size[0]}x{self._chip_size[1]} px, {self.n_bands_in} -> "
                 f"{self.n_bands_out} bands)")
 
@@ -195,6 +202,10 @@ def prepare_data(
     direction: str = "AtoB",
     rgb_bands: Sequence[int] | None = None,
     extract_bands: Sequence[int] | None = None,
+    validation_area=None,
+    max_lighting: float | None = None,
+    max_rotate: float | None = None,
+    max_zoom: float | None = None,
     **kwargs,
 ) -> ChipDataLoaders | UnpairedDataLoaders:
     """Read a chip folder into fastai DataLoaders of ``(input, target)`` batches in [-1, 1].
@@ -215,11 +226,11 @@ def prepare_data(
             (``data.classes``, the saved model's ``Classes``); values must be classes of the data.
         chip_size: crop chips to this size (random crops when training, centred for
             validation); default the chips' own size (arcgis.learn's default, 224, would crop).
-        val_split_pct: share of the chips held out for validation (side-by-side folders with a
-            ``val/`` folder use it instead).
+        val_split_pct: share of the chips held out for validation, drawn at random (side-by-side
+            folders with a ``val/`` folder use it instead; ignored with ``validation_area``).
         batch_size: chips per batch (arcgis.learn's default is 64; 8 suits CPUs and small GPUs).
         transforms: ``None``: random flips and 90-degree rotations, the same for input and target,
-            on the training set only. ``False``: none. A list of fastai batch transforms (e.g.
+            on the training set only (and, for masks, the ``max_*`` augmentation below). ``False``: none. A list of fastai batch transforms (e.g.
             ``[Flip(), Rotate()]``): applied instead, to input and target together, training only.
         collate_fn: makes a batch from a list of samples (``(input, target)`` tensors), for
             both loaders; default fastai's ``fa_collate``.
@@ -237,6 +248,24 @@ def prepare_data(
         direction: ``"AtoB"`` or ``"BtoA"``: which half of side-by-side images is the input.
         rgb_bands: default 0-based bands of the input shown by figures.
         extract_bands: 0-based input bands to keep (paired folders).
+        validation_area: validate on ground of its own instead of a random share of the chips:
+            a shapely geometry in the chips' CRS, a GeoDataFrame / GeoSeries, or a vector file.
+            Chips wholly inside it validate, chips wholly outside it train, chips across its edge
+            are left out (``data.left_out``), so no validation chip shares a pixel with a
+            training chip (:mod:`toolkit.data.split`). With overlapping chips (``stride`` below
+            ``tile_size``) a random split validates on pixels the model trained on: early
+            stopping, the best checkpoint and ``tune_footprints`` would then choose on seen
+            ground. Needs georeferenced chips (paired folders).
+        max_lighting, max_rotate, max_zoom: more augmentation of the training chips, as fastai's
+            ``aug_transforms`` (arcgis.learn's ``get_transforms``) names it:
+            ``max_lighting``, the strength of random brightness, contrast and colour changes of
+            the input, from 0 (none) to below 1 (:func:`toolkit.data.dataset.lighting`);
+            ``max_rotate``, turns by up to this many degrees either way and ``max_zoom``,
+            enlargements by up to this factor (>= 1), the same for input and target
+            (:func:`toolkit.data.dataset.turn_and_zoom`). Defaults, with the default
+            ``transforms``: for mask targets (Classified_Tiles) :data:`MASK_AUGMENTATION`
+            (measured on held-out ground, benchmarks/README.md); for image targets none, since
+            their brightness follows the input's.
         **kwargs: none is accepted: arcgis.learn options the toolkit does not take raise a
             ``TypeError`` that names them and says why.
 
@@ -252,7 +281,7 @@ def prepare_data(
             raise ValueError(f"a list of folders is read for paired data only; {paths} include an "
                              "unpaired (CycleGAN) folder: pass one unpaired folder.")
         for key, value in (("extract_bands", extract_bands), ("direction", None if direction == "AtoB" else direction),
-                           ("class_mapping", class_mapping)):
+                           ("class_mapping", class_mapping), ("validation_area", validation_area)):
             if value is not None:
                 raise ValueError(f"{key} applies to paired folders; {paths[0]} holds unpaired (CycleGAN) "
                                  "domains, each read with all of its bands.")
@@ -266,17 +295,27 @@ def prepare_data(
     if class_mapping is not None:
         folder = dataclasses.replace(folder, classes=rename_classes(folder, class_mapping))
     extract = _extract_bands(extract_bands, folder.input_header.bands)
-    train_pairs, valid_pairs = split_pairs(folder, val_split_pct, seed)
+    left_out = []
+    if validation_area is None:
+        train_pairs, valid_pairs = split_pairs(folder, val_split_pct, seed)
+    elif folder.valid_pairs:
+        raise ValueError(f"{folder.path} has its own validation set (val/); validation_area splits "
+                         "one set of chips by where they lie: pass one or the other.")
+    else:
+        split = split_by_area(folder.pairs, validation_area, where=str(folder.path))
+        train_pairs, valid_pairs, left_out = split.train, split.valid, split.left_out
 
     input_norm, target_norm = _norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract)
     resize, size, crop = chip_sizes((folder.input_header.width, folder.input_header.height),
                                     resize_to, chip_size, where=f"the chips of {folder.path}")
     augment = transforms is None
+    extra = augmentation(max_lighting, max_rotate, max_zoom,
+                         defaults=augment and folder.dataset_type == CLASSIFIED_TILES)
 
     def dataset(pairs: list[ChipPair], train: bool) -> ChipPairDataset:
         return ChipPairDataset(pairs, input_norm=input_norm, target_norm=target_norm, train=train,
                                augment=augment, resize_to=resize, chip_size=crop,
-                               extract_bands=extract)
+                               extract_bands=extract, **extra)
 
     train_dl, valid_dl, device = loaders(dataset(train_pairs, True), dataset(valid_pairs, False),
                                          batch_size=batch_size, num_workers=num_workers,
@@ -285,7 +324,23 @@ def prepare_data(
                            target_norm=target_norm, chip_size=crop or size, resized=size,
                            rgb_bands=rgb_bands, device=device)
     data.working_dir = Path(working_dir) if working_dir is not None else None
+    data.left_out = left_out
     return data
+
+
+def augmentation(max_lighting, max_rotate, max_zoom, *, defaults: bool) -> dict[str, float]:
+    """The dataset's ``lighting``, ``rotate`` and ``zoom`` from prepare_data's arguments: given
+    values are checked; ``None`` takes :data:`MASK_AUGMENTATION` when ``defaults``, else none."""
+    base = MASK_AUGMENTATION if defaults else {"max_lighting": 0.0, "max_rotate": 0.0, "max_zoom": 1.0}
+    given = {"max_lighting": max_lighting, "max_rotate": max_rotate, "max_zoom": max_zoom}
+    values = {k: float(base[k] if v is None else v) for k, v in given.items()}
+    if not 0 <= values["max_lighting"] < 1:
+        raise ValueError(f"max_lighting must lie in [0, 1), got {values['max_lighting']}.")
+    if not 0 <= values["max_rotate"] <= 180:
+        raise ValueError(f"max_rotate must lie in [0, 180] degrees, got {values['max_rotate']}.")
+    if not values["max_zoom"] >= 1:
+        raise ValueError(f"max_zoom must be 1 (none) or more, got {values['max_zoom']}.")
+    return {"lighting": values["max_lighting"], "rotate": values["max_rotate"], "zoom": values["max_zoom"]}
 
 
 def _paths(path) -> list[Path]:
@@ -396,34 +451,6 @@ def loaders(train_ds, valid_ds, *, batch_size: int, num_workers: int | None, tra
     valid_dl = TfmdDL(valid_ds, bs=batch_size, shuffle=False, num_workers=workers,
                       after_batch=batch_tfms, device=device, **extra)
     return train_dl, valid_dl, device
-
-
-def split_pairs(folder: ChipFolder, val_split_pct: float, seed: int) -> tuple[list[ChipPair], list[ChipPair]]:
-    """The seeded train/validation split (pairs sorted by name first, so listing order does not
-    matter). A folder with its own validation set (side by side ``val/``) keeps it."""
-    if folder.valid_pairs:
-        by_name = lambda p: p.name  # noqa: E731
-        return sorted(folder.pairs, key=by_name), sorted(folder.valid_pairs, key=by_name)
-    return split_items(folder.pairs, val_split_pct, seed, key=lambda p: p.name, where=str(folder.path))
-
-
-def split_items(items: Sequence[T], val_split_pct: float, seed: int, *, key: Callable[[T], str],
-                where: str) -> tuple[list[T], list[T]]:
-    """Seeded train/validation split of chips or pairs, sorted by ``key`` first (so listing order
-    does not matter): ``val_split_pct`` of them (at least one when > 0) go to validation.
-    ``ValueError`` naming ``where`` when either set would be empty."""
-    items = sorted(items, key=key)
-    order = np.random.default_rng(seed).permutation(len(items))
-    n_valid = int(round(len(items) * val_split_pct))
-    if val_split_pct > 0:
-        n_valid = max(n_valid, 1)
-    valid = [items[i] for i in sorted(order[:n_valid])]
-    train = [items[i] for i in sorted(order[n_valid:])]
-    for name, subset in (("training", train), ("validation", valid)):
-        if not subset:
-            raise ValueError(f"{where}: the {name} set is empty after the split ({len(items)} "
-                             f"chips, val_split_pct={val_split_pct}); add chips or change val_split_pct.")
-    return train, valid
 
 
 def _norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], norm_pct: float,

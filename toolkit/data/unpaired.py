@@ -80,9 +80,9 @@ from toolkit._fastai import quiet_import
 from toolkit.data.chips import read_header
 from toolkit.data.dataset import crop, dihedral, read_image, resize_bands
 from toolkit.data.layouts import CYCLEGAN, ChipDomain, UnpairedFolder
-from toolkit.data.loaders import (FolderDataLoaders, chip_sizes, chip_statistics, loaders, split_items,
-                                  usable_esri_stats)
+from toolkit.data.loaders import FolderDataLoaders, chip_sizes, chip_statistics, loaders, usable_esri_stats
 from toolkit.data.normalization import BandNorm
+from toolkit.data.split import split_items
 from toolkit.stats import check_band_coverage
 
 with quiet_import():

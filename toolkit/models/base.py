@@ -726,20 +726,23 @@ class TranslationModel:
     # --- figures ---------------------------------------------------------------------------------
 
     def plot_losses(self) -> Figure:
-        """The recorded losses per epoch, one panel per group of ``loss_panels``."""
+        """The recorded losses per epoch, one panel per group of ``loss_panels`` that holds any
+        (a plain L1 U-Net, ``gan_weight=0``, records no adversarial losses)."""
         if not self.history:
             raise RuntimeError("no losses yet: call fit() first.")
         epochs = [r["epoch"] + 1 for r in self.history]
-        fig, axes = plt.subplots(1, len(self.loss_panels), figsize=(5.5 * len(self.loss_panels), 4))
-        for ax, (ylabel, curves) in zip(np.atleast_1d(axes), self.loss_panels):
+        recorded = lambda key: not all(r.get(key) is None or r.get(key) != r.get(key)  # noqa: E731
+                                       for r in self.history)  # NaN: never recorded
+        panels = [(ylabel, [(k, label) for k, label in curves if recorded(k)]) for ylabel, curves in self.loss_panels]
+        panels = [(ylabel, curves) for ylabel, curves in panels if curves] or self.loss_panels[:1]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+        for ax, (ylabel, curves) in zip(np.atleast_1d(axes), panels):
             for key, label in curves:
-                values = [r.get(key) for r in self.history]
-                if all(v is None or v != v for v in values):  # never recorded (CycleGAN's identity off)
-                    continue
-                ax.plot(epochs, values, "o-", label=label)
+                ax.plot(epochs, [r.get(key) for r in self.history], "o-", label=label)
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
-            ax.legend()
+            if curves:
+                ax.legend()
         fig.tight_layout()
         return fig
 

@@ -101,7 +101,7 @@ TOOLKIT = {  # "config" is checked against the model class's config_rules
     "target_norm": Rule("an object with kind 'bands' or 'classes'",
                         lambda v: isinstance(v, dict) and v.get("kind") in ("bands", "classes")),
     "history": Rule("a list of objects", _list_of(lambda r: isinstance(r, dict)), required=False),
-    "footprint_settings": Rule("null or an object of numbers (threshold, boundary_threshold, min_area)",
+    "footprint_settings": Rule("null or an object of numbers (threshold, boundary_threshold, min_area, marker_erosion)",
                                lambda v: v is None or (isinstance(v, dict) and all(number(x) for x in v.values())),
                                required=False),
     "metrics": Rule("an object of numbers",

@@ -17,15 +17,17 @@ is pix2pix's own: its networks, its loss, its ``.emd`` keys, its metrics and fig
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from torch import nn
 
 from toolkit import viz
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
-from toolkit.metrics import confusion, object_f1, psnr, scores_from_confusion, ssim
+from toolkit.metrics import confusion, object_counts, psnr, scores_from_confusion, ssim
 from toolkit.models.base import Translation, TranslationModel, register, size_tuple
 from toolkit.models.emd_schema import MAX_DEPTH, Rule, common_config_rules, fail, integer, number
 from toolkit.models.gan import GANTrainer, PerceptualLoss, Pix2PixLoss
@@ -272,10 +274,17 @@ class Pix2Pix(TranslationModel):
         """Scores on the validation set: ``psnr`` (dB, from the MSE over the [-1, 1] data range,
         i.e. each band's normalisation range), ``ssim``, ``l1`` (mean absolute error in [-1, 1]
         units, as ``valid_loss``); for Classified_Tiles also ``iou``, ``f1``, ``precision``,
-        ``recall`` and ``accuracy`` of the footprint (any class against background) at 0.5."""
+        ``recall`` and ``accuracy`` of the footprint (any class against background) at 0.5, and
+        ``footprint_f1``: the object F1 (IoU >= 0.5) of the footprints with the best of a few
+        settings (:attr:`METRIC_GRID`, a corner of :meth:`tune_footprints`' grid), about what
+        tuning would reach now; ``fit(monitor="footprint_f1")`` keeps the epoch whose footprints
+        are best."""
         psnrs, ssims, l1s = [], [], []
         counts = np.zeros(4, dtype=np.int64)
+        batches = []
         for x, y, pred in self._validation_batches():
+            if self.is_mask:
+                batches.append((None, y, pred))
             for p, t in zip(pred, y):
                 psnrs.append(psnr(p, t, data_range=2.0))
                 ssims.append(ssim(p, t, data_range=2.0))
@@ -287,72 +296,99 @@ class Pix2Pix(TranslationModel):
                    "ssim": float(np.mean(ssims)), "l1": float(np.mean(l1s))}
         if self.is_mask:
             metrics.update(scores_from_confusion(counts))
+            grid = self._footprint_grid(*self.METRIC_GRID.values(), batches=batches)
+            metrics["footprint_f1"] = float(max(grid.values()))
         self.metrics = metrics
         return metrics
 
-    def tune_footprints(self, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
-                        boundary_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
-                        min_areas=(0.0, 2.0, 5.0, 10.0, 20.0)) -> dict[str, float]:
+    # the settings tune_footprints tries by default
+    TUNING_GRID = {"thresholds": (0.3, 0.4, 0.5, 0.6, 0.7),
+                   "boundary_thresholds": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+                   "min_areas": (0.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0), "marker_erosions": (0, 1)}
+    # the footprint_f1 metric's: a corner of the tuning grid, cheap enough for every epoch
+    METRIC_GRID = {"thresholds": (0.3, 0.5), "boundary_thresholds": (0.5, 0.7), "min_areas": (10.0, 30.0),
+                   "marker_erosions": (0,)}
+
+    def tune_footprints(self, thresholds=TUNING_GRID["thresholds"],
+                        boundary_thresholds=TUNING_GRID["boundary_thresholds"],
+                        min_areas=TUNING_GRID["min_areas"],
+                        marker_erosions=TUNING_GRID["marker_erosions"]) -> dict[str, float]:
         """Pick the footprint settings of :func:`toolkit.vectorize` by object F1 (IoU >= 0.5, the
         SpaceNet metric) on the validation chips, and keep them with the model.
 
         Every combination of ``thresholds`` (footprint score), ``boundary_thresholds`` (outline
-        score; only when the model has an outline class) and ``min_areas`` (CRS units squared, m²
-        for a UTM CRS) is tried; true footprints are the chips' labels, separated along their
-        outline class. The best combination becomes :attr:`footprint_settings`: saved with the
-        model, written by :meth:`predict_raster` into the prediction's tags, and so the default
-        of ``vectorize(prediction.tif)``.
+        score), ``marker_erosions`` (pixels; both only when the model has an outline class) and
+        ``min_areas`` (CRS units squared, m² for a UTM CRS) is tried; true footprints are the
+        chips' labels, separated along their outline class. The best combination becomes
+        :attr:`footprint_settings`: saved with the model, written by :meth:`predict_raster` into
+        the prediction's tags, and so the default of ``vectorize(prediction.tif)``. Validation
+        chips on ground of their own (``prepare_data(validation_area=...)``) keep the choice
+        honest: chips that overlap training chips favour settings that suit seen ground.
 
         Returns:
-            ``{"threshold", "boundary_threshold", "min_area", "f1", "default_f1"}``: the chosen
-            settings, their object F1 and that of the defaults (0.5, 0.5, 0).
+            ``{"threshold", "boundary_threshold", "min_area", "marker_erosion", "f1",
+            "default_f1"}``: the chosen settings, their object F1 and that of the defaults (0.5,
+            0.5, 0, 0), or None when the grid does not hold them.
         """
-        from affine import Affine
-
-        from toolkit.data.layouts import boundary_class
-        from toolkit.vector import DEFAULTS, vectorize
+        from toolkit.vector import DEFAULTS
 
         self._require_data("tune_footprints")
         if not self.is_mask:
             raise ValueError("tune_footprints needs a mask model (Classified_Tiles); this one "
                              "translates images.")
-        classes = self.target_norm.classes
-        outline = boundary_class(classes)
-        band = classes.index(outline) if outline is not None else False
-        if outline is None:
-            boundary_thresholds = (DEFAULTS["boundary_threshold"],)
-        cell = self.config.get("cell_size") or (1.0, 1.0)
-        transform = Affine.scale(cell[0], -cell[1])  # areas in CRS units, as min_area
-        chips = []
-        for _, y, pred in self._validation_batches():
-            for scores, target in zip(pred, y):
-                labels = self.target_norm.decode(target).astype(np.int32)[np.newaxis]
-                truth = vectorize(labels, boundary_class=outline["Value"] if outline else None,
-                                  boundary_band=None if outline else False, transform=transform)
-                chips.append((self.to_target_units(scores), truth))
-        results = {}
-        for t in thresholds:
-            for bt in boundary_thresholds:
-                found = [vectorize(s, boundary_band=band, threshold=t, boundary_threshold=bt,
-                                   transform=transform) for s, _ in chips]
-                for area in min_areas:
-                    counts = np.zeros(3)
-                    for polygons, (_, truth) in zip(found, chips):
-                        score = object_f1(polygons[polygons["area"] >= area], truth)
-                        counts += [score["tp"], score["fp"], score["fn"]]
-                    results[(t, bt, area)] = scores_from_confusion([*counts, 0])["f1"]
-        (t, bt, area), f1 = max(results.items(), key=lambda item: item[1])
-        default = (DEFAULTS["threshold"], DEFAULTS["boundary_threshold"], DEFAULTS["min_area"])
-        default_f1 = results.get(default)
-        self.footprint_settings = {"threshold": float(t), "boundary_threshold": float(bt), "min_area": float(area)}
+        results = self._footprint_grid(thresholds, boundary_thresholds, min_areas, marker_erosions)
+        best, f1 = max(results.items(), key=lambda item: item[1])
+        names = ("threshold", "boundary_threshold", "min_area", "marker_erosion")
+        default_f1 = results.get(tuple(DEFAULTS[k] for k in names))
+        self.footprint_settings = {k: (int(v) if k == "marker_erosion" else float(v)) for k, v in zip(names, best)}
         self.metrics["footprint_f1"] = float(f1)
         return self.footprint_settings | {"f1": float(f1),
                                           "default_f1": float(default_f1) if default_f1 is not None else None}
 
+    def _footprint_grid(self, thresholds, boundary_thresholds, min_areas, marker_erosions,
+                        batches=None) -> dict[tuple, float]:
+        """Object F1 on the validation chips for each combination of settings:
+        ``{(threshold, boundary_threshold, min_area, marker_erosion): f1}``. Scored on label
+        rasters (:func:`toolkit.metrics.object_counts`), the same counts as on the vectorized
+        polygons, at a fraction of the cost. ``batches``: the validation batches, if at hand."""
+        from toolkit.data.layouts import boundary_class
+        from toolkit.vector import DEFAULTS, footprint_labels
+
+        classes = self.target_norm.classes
+        outline = boundary_class(classes)
+        band = classes.index(outline) if outline is not None else None
+        if outline is None:  # connected areas: no outline score, no markers
+            boundary_thresholds = (DEFAULTS["boundary_threshold"],)
+            marker_erosions = (DEFAULTS["marker_erosion"],)
+        cell = self.config.get("cell_size") or (1.0, 1.0)
+        pixel_area = abs(cell[0] * cell[1])
+        chips = []
+        for _, y, pred in (batches if batches is not None else self._validation_batches()):
+            for scores, target in zip(pred, y):
+                labels = self.target_norm.decode(target).astype(np.int32)[np.newaxis]
+                truth = (footprint_labels(labels, boundary_class=outline["Value"]) if outline is not None
+                         else ndimage.label(labels[0] > 0)[0])
+                chips.append((self.to_target_units(scores), truth))
+        counts: dict[tuple, np.ndarray] = {}
+        for t in thresholds:
+            for bt in boundary_thresholds:
+                for erosion in marker_erosions:
+                    for scores, truth in chips:
+                        if band is None:
+                            found = ndimage.label(scores.max(axis=0) >= t)[0]
+                        else:
+                            found = footprint_labels(scores, boundary_band=band, threshold=t,
+                                                     boundary_threshold=bt, marker_erosion=erosion)
+                        for area in min_areas:
+                            key = (t, bt, area, erosion)
+                            tp_fp_fn = object_counts(found, truth, min_pixels=math.ceil(area / pixel_area - 1e-9))
+                            counts[key] = counts.get(key, 0) + np.asarray(tp_fp_fn)
+        return {key: scores_from_confusion([*c, 0])["f1"] for key, c in counts.items()}
+
     @property
     def available_metrics(self) -> list[str]:
         base = RECORDED + ["psnr", "ssim", "l1"]
-        return base + (["iou", "f1", "precision", "recall", "accuracy"] if self.is_mask else [])
+        return base + (["iou", "f1", "precision", "recall", "accuracy", "footprint_f1"] if self.is_mask else [])
 
     # --- figures -----------------------------------------------------------------------------------
 
