@@ -8,6 +8,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 MIRROR_CANDIDATES := ../shared/data $(shell git config --get remote.origin.url 2>/dev/null)/../shared/data
 TOOLKIT_DATA_MIRROR ?= $(firstword $(foreach d,$(MIRROR_CANDIDATES),$(if $(wildcard $(d)/banepa),$(abspath $(d)))))
 export TOOLKIT_DATA_MIRROR
+# Models saved by arcgis.learn 2.4.4 with reference outputs of its own code (tests only).
+FIXTURE_CANDIDATES := $(patsubst %/data,%/fixtures/arcgis_learn_2_4_4,$(MIRROR_CANDIDATES))
+TOOLKIT_ARCGIS_FIXTURES ?= $(firstword $(foreach d,$(FIXTURE_CANDIDATES),$(if $(wildcard $(d)/regenerate.py),$(abspath $(d)))))
+export TOOLKIT_ARCGIS_FIXTURES
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -48,6 +48,17 @@ def banepa_mirror() -> Path:
 
 
 @pytest.fixture(scope="session")
+def arcgis_fixtures() -> Path:
+    """Models saved by arcgis.learn 2.4.4 and reference outputs of its code,
+    ``$TOOLKIT_ARCGIS_FIXTURES`` (``make test`` sets it to ``../shared/fixtures/arcgis_learn_2_4_4``)."""
+    folder = os.environ.get("TOOLKIT_ARCGIS_FIXTURES")
+    if not folder or not (Path(folder) / "regenerate.py").is_file():
+        pytest.fail(f"[arcgis_fixtures] TOOLKIT_ARCGIS_FIXTURES={folder!r} does not name the arcgis.learn "
+                    "2.4.4 fixtures folder (../shared/fixtures/arcgis_learn_2_4_4).", pytrace=False)
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
 def banepa(banepa_mirror) -> dict:
     """Banepa: 'image' (826 x 1089 px RGB uint8 mosaic, 0.5 m, EPSG:32645) and 'footprints'
     (1,466 polygons), fetched from the mirror into the cache."""

@@ -71,13 +71,15 @@ def test_a_list_of_folders_is_read_as_one(rotterdam_pairs, atlanta_tiles, tmp_pa
 
 
 def test_arcgis_options_the_toolkit_cannot_honour_say_why(rotterdam_pairs, tmp_path):
-    with pytest.raises(TypeError, match=r"imagery_type \(bands are read as they are"):
-        prepare_data(rotterdam_pairs, imagery_type="ms")
-    with pytest.raises(TypeError, match=r"no_such_option \(unknown\)"):
+    with pytest.warns(UserWarning, match=r"imagery_type=...\) is ignored: in arcgis.learn it names the imagery"):
+        ignored = prepare_data(rotterdam_pairs, imagery_type="ms")
+    assert ignored.n_bands_in == 4
+    with pytest.raises(TypeError, match=r"does not take the keyword argument\(s\) no_such_option"):
         prepare_data(rotterdam_pairs, no_such_option=1)
+    with pytest.raises(ValueError, match="bands must be a list of 0-based band indices"):
+        prepare_data(rotterdam_pairs, bands=["red", "green"])
+    assert prepare_data(rotterdam_pairs, bands=[0, 2]).n_bands_in == 2  # arcgis.learn's bands=
     data = prepare_data(rotterdam_pairs, None, 64, 0.1, 8)
-    with pytest.raises(ValueError, match="perceptual_loss=True.*VGG.*never downloads.*path of a torchvision vgg16"):
-        Pix2Pix(data, None, None, True)
     model = Pix2Pix(data, working_dir=tmp_path / "work", **TINY)
     with pytest.raises(ValueError, match="checkpoint must be True, False or 'all'.*checkpoint_name="):
         model.fit(1, checkpoint="my_run")
@@ -146,3 +148,36 @@ def test_perceptual_loss_from_a_local_vgg16_file(rotterdam_pairs, atlanta_tiles,
         Pix2Pix(data, None, None, tmp_path / "missing.pth", **TINY)
     with pytest.raises(ValueError, match="class mask"):
         Pix2Pix(prepare_data(atlanta_tiles, batch_size=4), None, None, weights, **TINY)
+
+
+def test_arcgis_learn_2_4_4_notebook_sequences_verbatim(rotterdam_pairs, rotterdam_unpaired, tmp_path):
+    """Cells of arcgis.learn 2.4.4 notebooks as written there (its 2.4.4 signatures: fit's 8th
+    argument mixed_precision, compute_metrics(show_progress=), perceptual_loss=True, CycleGAN's
+    predict(img_path, convert_to) with "A"/"B"), on real chips."""
+    torch.manual_seed(0)
+    data = prepare_data(str(rotterdam_pairs), batch_size=None, chip_size=64, val_split_pct=0.1)
+    model = Pix2Pix(data, perceptual_loss=True, working_dir=str(tmp_path / "p2p"), **TINY)
+    model.lr_find(allow_plot=False, mixed_precision=False)
+    model.fit(2, 2e-4, True, False, False, False, "valid_loss", False)  # 8th: mixed_precision
+    model.fit(epochs=1, lr=1e-4, mixed_precision=False)
+    metrics = model.compute_metrics(show_progress=True)
+    psnr, ssim = metrics["PSNR"], metrics["SSIM"]
+    chip = sorted((rotterdam_pairs / "images").glob("*.tif"))[0]
+    prediction = model.predict(path=str(chip))
+    assert data.train.bs == 8  # batch_size=None: chosen for the CPU
+    assert np.isfinite(psnr) and 0 < ssim <= 1 and psnr == metrics["psnr"]
+    assert model.config["perceptual_kind"] == "discriminator"
+    assert all(r["perceptual_loss"] > 0 for r in model.history)  # trained with it, every epoch
+    assert prediction.shape == (1, 64, 64) and np.isfinite(prediction).all()
+    with pytest.raises(KeyError, match="FID needs ImageNet-trained Inception-v3 weights"):
+        metrics["FID"]
+
+    cdata = prepare_data(str(rotterdam_unpaired), None, 64, 0.1, 4, dataset_type="CycleGAN")
+    cyclegan = CycleGAN(cdata, gen_blocks=1, working_dir=str(tmp_path / "cg"), **TINY)
+    cyclegan.fit(1, 2e-4, True, False, False, False, "valid_loss", False)
+    a_chip = sorted((rotterdam_unpaired / "testA").glob("*.tif"))[0]
+    b_chip = sorted((rotterdam_unpaired / "testB").glob("*.tif"))[0]
+    to_b = cyclegan.predict(a_chip, "B")
+    to_a = cyclegan.predict(img_path=b_chip, convert_to="A")
+    assert to_b.shape[0] == 1 and to_a.shape[0] == 4
+    np.testing.assert_array_equal(to_b, cyclegan.predict(a_chip, convert_to="b"))

@@ -225,7 +225,7 @@ def test_predict_both_directions(trained, rotterdam_pan_green, rotterdam_unpaire
     for band, low, high in zip(as_a, norm_a.low, norm_a.high):
         assert low - 1e-3 <= band.min() and band.max() <= high + 1e-3 and band.std() > 0
     with pytest.raises(ValueError, match="convert_to must be 'b' \\(A -> B\\) or 'a'"):
-        model.predict(chip_a, convert_to="B")
+        model.predict(chip_a, convert_to="AtoB")
     multispectral = sorted((rotterdam_unpaired / "testA").glob("*.tif"))[0]
     with pytest.raises(ValueError, match="takes 1 band"):
         model.predict(multispectral, convert_to="b")

@@ -174,24 +174,33 @@ def run_in_pro(emd_path: Path, raster: Path, **arguments) -> dict:
 
 
 def toolkit_on_blocks(run: dict, predict) -> np.ndarray:
-    """The toolkit's ``predict`` (a function of a ``(bands, h, w)`` array) on the same blocks:
-    each chip of the model's size in a block (masked pixels as NaN, nodata to the toolkit),
-    its padding cropped; float32 target units, assembled and cropped to the raster."""
+    """The toolkit's ``predict`` (a function of a ``(bands, h, w)`` array) on the same blocks, as
+    Esri's image-translation functions use a model: each chip of the model's size in a block
+    (every chip - 2 padding px; masked pixels as NaN, nodata to the toolkit), the chips blended
+    where they overlap with ``torch.hann_window``'s 2-D window, the padding cropped; float32
+    target units, assembled and cropped to the raster."""
     config, (height, width) = run["config"], run["shape"]
     p, tx, ty = config["padding"], config["tx"], config["ty"]
     chip_w, chip_h = run["function"].translation.chip_size
-    step_h, step_w = chip_h - 2 * p, chip_w - 2 * p
+    window = np.outer(torch.hann_window(chip_h, dtype=torch.float64).numpy(),
+                      torch.hann_window(chip_w, dtype=torch.float64).numpy()) + 1e-12
     first = None
     for r, c, pixels, mask in run["blocks"]:
         x = pixels.astype(np.float64)
         x[:, ~mask.astype(bool).all(axis=0)] = np.nan
-        for i in range(0, ty, step_h):
-            for j in range(0, tx, step_w):
+        total = weights = 0
+        for i in range(0, ty, chip_h - 2 * p):
+            for j in range(0, tx, chip_w - 2 * p):
                 result = predict(x[:, i:i + chip_h, j:j + chip_w])
-                if first is None:
-                    first = np.full((result.shape[0], len(range(0, height, ty)) * ty,
-                                     len(range(0, width, tx)) * tx), np.nan, np.float32)
-                first[:, r + i:r + i + step_h, c + j:c + j + step_w] = result[:, p:p + step_h, p:p + step_w]
+                place = np.zeros((result.shape[0], *x.shape[1:]))
+                place[:, i:i + chip_h, j:j + chip_w] = result * window
+                total = total + place
+                weights = weights + np.pad(window, ((i, x.shape[1] - i - chip_h), (j, x.shape[2] - j - chip_w)))
+        block = (total / weights)[:, p:p + ty, p:p + tx]
+        if first is None:
+            first = np.full((block.shape[0], len(range(0, height, ty)) * ty, len(range(0, width, tx)) * tx),
+                            np.nan, np.float32)
+        first[:, r:r + ty, c:c + tx] = block
     return first[:, :height, :width]
 
 
@@ -224,8 +233,11 @@ def test_save_writes_the_inference_function_into_the_folder_and_package(footprin
 
 def test_save_inference_file_false_leaves_it_out(image_model, tmp_path):
     model = load_model(image_model)
-    emd_path = model.save(tmp_path / "plain", save_inference_file=False)
+    with pytest.warns(UserWarning, match="ArcGIS Pro cannot run it"):
+        emd_path = model.save(tmp_path / "plain", save_inference_file=False)
     assert not (emd_path.parent / INFERENCE_FUNCTION).exists()
+    assert "InferenceFunction" not in json.loads(emd_path.read_text())  # it names no missing file
+    assert load_model(emd_path).config == model.config
     with zipfile.ZipFile(emd_path.with_suffix(".dlpk")) as archive:
         assert INFERENCE_FUNCTION not in archive.namelist()
 
@@ -250,10 +262,10 @@ def test_footprint_model_in_pro_gives_the_class_values_of_predict(footprint_mode
     run = run_in_pro(emd_path, atlanta_scene)
     params = {p["name"]: p for p in run["params"]}
     assert [p["name"] for p in run["params"][:3]] == ["raster", "model", "device"]
-    assert params["padding"]["value"] == 16 and params["batch_size"]["value"] == 1
-    assert params["threshold"]["value"] == 0.5 and "convert_to" not in params
+    assert params["padding"]["value"] == 16 and params["batch_size"]["value"] == 4  # Esri's default
+    assert params["threshold"]["value"] == 0.5 and "direction" not in params
     config = run["config"]
-    assert config == {"extractBands": (0,), "padding": 16, "tx": 32, "ty": 32, "fixedTileSize": 1,
+    assert config == {"extractBands": (0,), "padding": 16, "tx": 64, "ty": 64, "fixedTileSize": 1,
                       "inheritProperties": 4 | 8, "inputMask": True}
     info = run["info"]
     assert info["bandCount"] == 1 and info["pixelType"] == "u1"
@@ -307,12 +319,13 @@ def test_cyclegan_in_pro_runs_the_direction_asked(cyclegan_model, rotterdam, rot
     emd_path = unpack(cyclegan_model, tmp_path / "unpacked")
     if convert_to == "b":  # domain A: the panchromatic scene
         raster = clip_raster(rotterdam["panchromatic_1"], tmp_path / "pan.tif", window=Window(0, 300, 90, 70))
-        run = run_in_pro(emd_path, raster)  # the default direction
+        run = run_in_pro(emd_path, raster)  # the default direction shown to the user
     else:
         raster = rotterdam_green
-        run = run_in_pro(emd_path, raster, convert_to="a")
+        run = run_in_pro(emd_path, raster, direction="BtoA")
     params = {p["name"]: p for p in run["params"]}
-    assert params["convert_to"]["value"] == "b" and tuple(params["convert_to"]["domain"]) == ("b", "a")
+    assert params["direction"]["value"] == "AtoB" and tuple(params["direction"]["domain"]) == ("AtoB", "BtoA")
+    assert params["tile_size"]["value"] == 64  # the toolkit's models take any chip size
     assert run["config"]["extractBands"] == (0,) and run["info"]["pixelType"] == "f4"
 
     model = load_model(emd_path)
@@ -329,7 +342,7 @@ def test_initialize_takes_the_emd_json_text_and_nodata_stays_nodata(image_model,
     function = raster_function_class(emd_path)()
     function.initialize(model=emd_path.read_text(), device=-1)
     scalars = {p["name"]: p.get("value") for p in function.getParameterInfo() if p["dataType"] != "raster"}
-    config = function.getConfiguration(**scalars)
+    config = function.getConfiguration(**scalars | {"batch_size": 1})
     kwargs = function.updateRasterInfo(output_info={"bandCount": 4, "pixelType": "f8"})
     pixel_type = kwargs["output_info"]["pixelType"]
     _, _, pixels, mask = next(pro_blocks(rotterdam_ms, config))
@@ -359,7 +372,7 @@ def test_test_time_augmentation_matches_predict_with_tta(image_model, rotterdam_
     function = raster_function_class(emd_path)()
     assert [p["name"] for p in function.getParameterInfo()] == ["raster", "model", "device"]  # no model yet
     function.initialize(model=str(emd_path), device=-1)
-    config = function.getConfiguration(padding=8, test_time_augmentation="True")
+    config = function.getConfiguration(padding=8, test_time_augmentation="True", batch_size=1)
     assert (config["padding"], config["tx"], config["ty"]) == (8, 48, 48)
     kwargs = function.updateRasterInfo(output_info={})
     _, _, pixels, mask = next(pro_blocks(rotterdam_ms, config))

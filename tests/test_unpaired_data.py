@@ -81,7 +81,8 @@ def test_reference_layout_gives_two_domains_with_their_own_numbers(rotterdam_unp
     a, b = data.one_batch()
     assert a.shape == (4, 4, 64, 64) and b.shape == (4, 1, 64, 64)
     assert a.dtype == b.dtype == torch.float32
-    assert -1 <= a.min() < 0 < a.max() <= 1 and -1 <= b.min() < 0 < b.max() <= 1
+    # in [-1, 1] and not constant (a batch of four dark B chips can lie wholly below 0)
+    assert -1 <= a.min() < a.max() <= 1 and -1 <= b.min() < b.max() <= 1
     for _ in data.valid:
         pass
 

@@ -10,8 +10,31 @@ import os
 
 import numpy as np
 
-__all__ = ["confusion", "footprint_scores", "object_counts", "object_f1", "pixel_scores", "psnr",
+__all__ = ["Scores", "confusion", "footprint_scores", "object_counts", "object_f1", "pixel_scores", "psnr",
            "scores_from_confusion", "ssim"]
+
+
+class Scores(dict):
+    """The scores ``compute_metrics`` returns: a dict of floats under the toolkit's lower-case
+    names (``psnr``, ``ssim``...), read under arcgis.learn's names too (``scores["PSNR"]``:
+    keys are looked up without regard to case). Scores arcgis.learn gives that the toolkit does
+    not compute (``FID``: it needs ImageNet-trained Inception weights, which the toolkit never
+    downloads) raise a ``KeyError`` that says so."""
+
+    NOT_COMPUTED = {"fid": "FID needs ImageNet-trained Inception-v3 weights, which the toolkit never downloads"}
+
+    def __getitem__(self, key):
+        return super().__getitem__(key.lower() if isinstance(key, str) else key)
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(key.lower() if isinstance(key, str) else key)
+
+    def get(self, key, default=None):
+        return super().get(key.lower() if isinstance(key, str) else key, default)
+
+    def __missing__(self, key):
+        reason = self.NOT_COMPUTED.get(str(key).split("_")[0])
+        raise KeyError(f"{key!r}: not computed ({reason})." if reason else key)
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, data_range: float) -> float:

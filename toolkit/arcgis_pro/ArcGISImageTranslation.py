@@ -8,8 +8,9 @@ package, loads this file by its path and drives the class of the file's name, in
    the model with the toolkit (``toolkit.load_model``), which must be installed in Pro's
    (cloned) Python environment;
 2. ``getParameterInfo()``: ``raster``, ``model``, ``device``, then the model's own arguments:
-   ``padding``, ``batch_size``, ``test_time_augmentation``, ``threshold`` (mask models) and
-   ``convert_to`` (CycleGAN: ``"b"`` translates domain A to B, the default; ``"a"`` B to A);
+   ``padding``, ``batch_size`` (4), ``test_time_augmentation``, ``threshold`` (mask models),
+   ``direction`` (CycleGAN: ``"AtoB"`` translates domain A to B, ``"BtoA"`` B to A, as Esri's
+   function) and ``tile_size`` (models whose ``.emd`` says SupportsVariableTileSize);
 3. ``getConfiguration(**scalars)``: the bands to read, the padding and the tile size ``tx`` x
    ``ty`` without padding (``batch_size`` chips of the model's size per block);
 4. ``updateRasterInfo(**kwargs)``: the output's band count and pixel type, and for mask models
@@ -17,11 +18,15 @@ package, loads this file by its path and drives the class of the file's name, in
 5. ``updatePixels(tlc, shape, props, **pixelBlocks)`` per block: ``raster_pixels`` is
    ``(bands, ty + 2 padding, tx + 2 padding)`` in the raster's own values; each chip of the
    model's size in it goes through the toolkit's own inference (the model's normalisation, the
-   generator, target units: :meth:`toolkit.models.Translation.predict`), its padding cropped.
-   ``output_pixels`` is ``(bands, ty, tx)`` in target units: band values (float32) for image
+   generator, target units: :meth:`toolkit.models.Translation.predict_chips`); overlapping chips
+   are blended with a Hann window and the padding cropped, as Esri's image-translation functions
+   do. ``output_pixels`` is ``(bands, ty, tx)`` in target units: band values (float32) for image
    models, class values for mask models (the highest class score where it is at least
    ``threshold``, else 0, the rule of ``predict_raster(threshold=...)``); ``output_mask`` is 0
    where the input is nodata.
+
+Models saved by arcgis.learn load here too (``toolkit.models.arcgis_learn``), so this function
+runs them as Esri's ``ArcGISImageTranslation.py`` does.
 
 The interface follows Esri's raster-deep-learning repository
 (``docs/writing_deep_learning_python_raster_functions.md``,
@@ -52,6 +57,9 @@ _ATTRIBUTE_FIELDS = [("OID", "esriFieldTypeOID"), ("Value", "esriFieldTypeIntege
 # 4 dimensions (extent, cell size, spatial reference), 8 resampling type. The output's pixel
 # type is this function's, and its nodata is given per block by output_mask.
 _INHERIT_DIMENSIONS_AND_RESAMPLING = 4 | 8
+
+DEFAULT_BATCH_SIZE = 4  # chips per block, as Esri's image-translation functions
+DIRECTIONS = {"AtoB": "b", "BtoA": "a"}  # Esri's direction -> Translation's convert_to
 
 _INSTALL_HINT = ("Install the toolkit into ArcGIS Pro's cloned Python environment with pip (see the "
                  "toolkit's README, 'Running a saved model in ArcGIS Pro').")
@@ -106,6 +114,27 @@ def _starts(inner: int, step: int) -> list[int]:
     if not starts or starts[-1] + step < inner:
         starts.append(inner - step)
     return starts
+
+
+def _convert_to(scalars: dict) -> str:
+    """A CycleGAN's direction as ``Translation``'s ``convert_to``: Esri's ``direction``
+    (``"AtoB"`` / ``"BtoA"``; missing: ``"BtoA"``, as Esri's function), or the toolkit's earlier
+    ``convert_to`` (``"b"`` / ``"a"``)."""
+    direction = scalars.get("direction")
+    if direction in (None, "") and scalars.get("convert_to") not in (None, ""):
+        convert_to = str(scalars["convert_to"]).strip().lower()
+        if convert_to not in ("a", "b"):
+            raise ValueError(f"convert_to must be 'b' or 'a', got {scalars['convert_to']!r}.")
+        return convert_to
+    key = str(direction or "BtoA").strip().lower()
+    if key not in {d.lower() for d in DIRECTIONS}:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+    return DIRECTIONS[key.replace("atob", "AtoB").replace("btoa", "BtoA")]
+
+
+def _periodic_hann(n: int) -> np.ndarray:
+    """``torch.hann_window(n)``: ``sin(pi k / n) ** 2`` for k = 0..n-1 (0 at the first sample)."""
+    return np.sin(np.pi * np.arange(n) / n) ** 2
 
 
 def _read_emd(model) -> tuple[dict, Path]:
@@ -176,6 +205,7 @@ class ArcGISImageTranslation:
         self.tx = self.ty = 0
         self.tta = False
         self.threshold = 0.5
+        self.tile_size = 0  # 0: the model's chip size
 
     # --- 1. the model ---------------------------------------------------------------------------
 
@@ -207,9 +237,16 @@ class ArcGISImageTranslation:
 
     @property
     def _chip(self) -> tuple[int, int]:
-        """The model's chip as ``(height, width)`` (the ``.emd``'s ImageHeight, ImageWidth)."""
+        """The chip as ``(height, width)``: the ``.emd``'s ImageHeight, ImageWidth, or the
+        ``tile_size`` asked for (models whose ``.emd`` says SupportsVariableTileSize)."""
+        if self.tile_size:
+            return self.tile_size, self.tile_size
         width, height = self.translation.chip_size
         return height, width
+
+    @property
+    def _variable_tiles(self) -> bool:
+        return bool((self.json_info or {}).get("SupportsVariableTileSize"))
 
     def _default_padding(self) -> int:
         from toolkit.inference import check_settings
@@ -238,7 +275,7 @@ class ArcGISImageTranslation:
              "displayName": "Padding",
              "description": "Pixels on each side of a chip that are predicted but not kept (the chips "
                             "overlap by twice this); at most half the chip size less one."},
-            {"name": "batch_size", "dataType": "numeric", "value": 1, "required": False,
+            {"name": "batch_size", "dataType": "numeric", "value": DEFAULT_BATCH_SIZE, "required": False,
              "displayName": "Batch Size", "description": "Chips of the model's size per block."},
             {"name": "test_time_augmentation", "dataType": "boolean", "value": False, "required": False,
              "displayName": "Test Time Augmentation",
@@ -251,10 +288,15 @@ class ArcGISImageTranslation:
                            "description": "A pixel takes the class of its highest score where that score "
                                           "is at least this (0 to 1), else 0 (background)."})
         if self._two_way:
-            params.append({"name": "convert_to", "dataType": "string", "value": "b", "required": False,
-                           "domain": ("b", "a"), "displayName": "Convert To",
-                           "description": "b: the raster is of domain A, translate it to B; "
-                                          "a: the raster is of domain B, translate it to A."})
+            params.append({"name": "direction", "dataType": "string", "value": "AtoB", "required": True,
+                           "domain": tuple(DIRECTIONS), "displayName": "Direction",
+                           "description": "AtoB: the raster is of domain A, translate it to B; "
+                                          "BtoA: the raster is of domain B, translate it to A."})
+        if self._variable_tiles:
+            height, _ = self._chip
+            params.append({"name": "tile_size", "dataType": "numeric", "value": height, "required": False,
+                           "displayName": "Tile Size",
+                           "description": "The width and height of the chips the raster is cut into."})
         return params
 
     # --- 3. how Pro reads the input -----------------------------------------------------------
@@ -265,8 +307,12 @@ class ArcGISImageTranslation:
         from toolkit.inference import check_settings
 
         if self._two_way:
-            convert_to = str(scalars.get("convert_to") or "b").strip().lower()
-            self.translation = self._translation(convert_to)
+            self.translation = self._translation(_convert_to(scalars))
+        tile_size = scalars.get("tile_size")
+        if self._variable_tiles and tile_size not in (None, ""):
+            self.tile_size = _integer(tile_size, "tile_size")
+            if self.tile_size < 8:
+                raise ValueError(f"tile_size must be at least 8 px, got {tile_size!r}.")
         self.tta = _flag(scalars.get("test_time_augmentation", False))
         padding = scalars.get("padding")
         padding = self._default_padding() if padding in (None, "") else _integer(padding, "padding")
@@ -277,7 +323,7 @@ class ArcGISImageTranslation:
                 raise ValueError(f"threshold must lie in 0..1, got {threshold!r}.")
         self.padding = check_settings(self.translation, padding, None)
         batch_size = scalars.get("batch_size")
-        batch_size = 1 if batch_size in (None, "") else _integer(batch_size, "batch_size")
+        batch_size = DEFAULT_BATCH_SIZE if batch_size in (None, "") else _integer(batch_size, "batch_size")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         rows, cols = _rectangle(batch_size)
@@ -354,21 +400,30 @@ class ArcGISImageTranslation:
 
     def _translate(self, data: np.ndarray) -> np.ndarray:
         """The block's inner part in target units, float32 ``(bands_out, rows - 2p, cols - 2p)``,
-        NaN where the input is nodata: the chips of the model's size that cover it, each through
-        the toolkit's ``predict`` with its padding cropped."""
+        NaN where the input is nodata: the chips of the model's size that cover the block (every
+        ``chip - 2 padding`` pixels), each through the toolkit's ``predict`` in one batch, blended
+        where they overlap with a 2-D Hann window, the padding cropped: Esri's image-translation
+        functions (arcgis.learn 2.4.4, ``update_pixels_img_trans``) do the same, with the same
+        window (``torch.hann_window``, periodic)."""
         p = self.padding
         height, width = self._chip
-        inner_h, inner_w = data.shape[1] - 2 * p, data.shape[2] - 2 * p
+        rows, cols = data.shape[1], data.shape[2]
+        inner_h, inner_w = rows - 2 * p, cols - 2 * p
         if inner_h < height - 2 * p or inner_w < width - 2 * p:
-            raise ValueError(f"a block of {data.shape[2]}x{data.shape[1]} px is smaller than one chip "
+            raise ValueError(f"a block of {cols}x{rows} px is smaller than one chip "
                              f"of the model ({width}x{height} px) with padding {p}.")
         corners = [(r, c) for r in _starts(inner_h, height - 2 * p) for c in _starts(inner_w, width - 2 * p)]
         chips = np.stack([data[:, r:r + height, c:c + width] for r, c in corners])
         results = self.translation.predict_chips(chips, tta=self.tta, source="the block")  # one batch
-        out = np.empty((self.translation.n_bands_out, inner_h, inner_w), np.float32)
+        # Esri's window is 0 on a chip's first row and column; the floor keeps a pixel that only
+        # such a row covers (padding 0) at the chip's value instead of 0 / 0.
+        weight = np.outer(_periodic_hann(height), _periodic_hann(width)) + 1e-12
+        total = np.zeros((results.shape[1], rows, cols), np.float64)
+        weights = np.zeros((rows, cols), np.float64)
         for (r, c), result in zip(corners, results):
-            out[:, r:r + height - 2 * p, c:c + width - 2 * p] = result[:, p:height - p, p:width - p]
-        return out
+            total[:, r:r + height, c:c + width] += result * weight
+            weights[r:r + height, c:c + width] += weight
+        return (total[:, p:rows - p, p:cols - p] / weights[p:rows - p, p:cols - p]).astype(np.float32)
 
     def _classes(self, scores: np.ndarray) -> np.ndarray:
         """Class scores ``(classes, h, w)`` -> class values ``(h, w)``: the class of the highest

@@ -37,16 +37,34 @@ __all__ = ["ChipDataLoaders", "FolderDataLoaders", "default_num_workers", "prepa
 MASK_AUGMENTATION = {"max_lighting": 0.3, "max_rotate": 15.0, "max_zoom": 1.1}
 
 # arcgis.learn prepare_data keywords that the toolkit does not take, and why (named in the error)
-UNSUPPORTED_ARCGIS_KWARGS = {
-    "imagery_type": "bands are read as they are; pick them with extract_bands= and rgb_bands=",
-    "stratify": "the split is a seeded random split of the chips",
-    "downsample_factor": "use resize_to= for smaller chips",
-    "n_masks": "not a Pix2Pix/CycleGAN option",
-    "min_cell_size": "not a Pix2Pix/CycleGAN option",
-    "chip_type": "not a Pix2Pix/CycleGAN option",
-    "timesteps_of_interest": "not a Pix2Pix/CycleGAN option",
-    "channels_of_interest": "not a Pix2Pix/CycleGAN option",
+# arcgis.learn's prepare_data keywords that mean nothing for these models here: accepted, with
+# a warning of what they do in arcgis.learn and why they are ignored
+IGNORED_ARCGIS_KWARGS = {
+    "imagery_type": "names the imagery (e.g. 'ms', 'sentinel2') for arcgis.learn's band statistics and "
+                    "display; here bands are read as they are (pick them with extract_bands= or bands=)",
+    "stratify": "balances the classes of a classification split; here the split is a seeded random "
+                "split of the chips, or by ground with validation_area=",
+    "n_masks": "is the number of masks of arcgis.learn's SAM-style segmentation data",
+    "downsample_factor": "downsamples point clouds and images of other dataset types; use resize_to=",
+    "min_cell_size": "applies to arcgis.learn's object-tracking data",
+    "chip_type": "applies to arcgis.learn's image-classification data",
+    "timesteps_of_interest": "applies to arcgis.learn's time-series data",
+    "channels_of_interest": "applies to arcgis.learn's time-series data",
+    "lighting_transforms": "switches arcgis.learn's lighting augmentation; use max_lighting= (0: none)",
 }
+
+
+def default_batch_size(device) -> int:
+    """``batch_size=None`` (arcgis.learn estimates one from the GPU's memory): 8 on the CPU; on
+    a GPU the largest power of two up to 64 that leaves about 1 GiB of its free memory per chip
+    pair of 256 px in training (a rule of thumb for the paper's networks, not a measurement)."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+        return 8
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = max(1, int(free // 2**30) - 2)
+    return min(64, 2 ** (fits.bit_length() - 1))
 
 
 def default_num_workers() -> int:
@@ -189,7 +207,7 @@ def prepare_data(
     class_mapping: Mapping[int, str] | None = None,
     chip_size: int | tuple[int, int] | None = None,
     val_split_pct: float = 0.1,
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     transforms=None,
     collate_fn: Callable | None = None,
     seed: int = 42,
@@ -228,7 +246,9 @@ def prepare_data(
             validation); default the chips' own size (arcgis.learn's default, 224, would crop).
         val_split_pct: share of the chips held out for validation, drawn at random (side-by-side
             folders with a ``val/`` folder use it instead; ignored with ``validation_area``).
-        batch_size: chips per batch (arcgis.learn's default is 64; 8 suits CPUs and small GPUs).
+        batch_size: chips per batch (arcgis.learn's default is 64; 8 suits CPUs and small GPUs);
+            ``None`` picks one for the device (:func:`default_batch_size`), as arcgis.learn
+            estimates one.
         transforms: ``None``: random flips and 90-degree rotations, the same for input and target,
             on the training set only (and, for masks, the ``max_*`` augmentation below). ``False``: none. A list of fastai batch transforms (e.g.
             ``[Flip(), Rotate()]``): applied instead, to input and target together, training only.
@@ -266,13 +286,21 @@ def prepare_data(
             ``transforms``: for mask targets (Classified_Tiles) :data:`MASK_AUGMENTATION`
             (measured on held-out ground, benchmarks/README.md); for image targets none, since
             their brightness follows the input's.
-        **kwargs: none is accepted: arcgis.learn options the toolkit does not take raise a
-            ``TypeError`` that names them and says why.
+        **kwargs: arcgis.learn's ``bands`` (0-based band indices: ``extract_bands``); its
+            options that mean nothing here (:data:`IGNORED_ARCGIS_KWARGS`: ``imagery_type``,
+            ``stratify``, ``n_masks``...) are accepted with a warning saying what they do in
+            arcgis.learn and why they are ignored; any other keyword raises a ``TypeError``.
 
     Returns:
         :class:`ChipDataLoaders`, a fastai ``DataLoaders``. Nothing is written into ``path``.
     """
+    if "bands" in kwargs:  # arcgis.learn's name for the input bands to use
+        extract_bands = _arcgis_bands(kwargs.pop("bands"), extract_bands)
     check_arguments(val_split_pct=val_split_pct, norm_pct=norm_pct, num_workers=num_workers, kwargs=kwargs)
+    if batch_size is None:
+        batch_size = default_batch_size(local_device())
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (or None: chosen for the device), got {batch_size!r}.")
     paths = _paths(path)
     if any(unpaired_layout(p, dataset_type) is not None for p in paths):
         from toolkit.data.unpaired import unpaired_loaders  # late: it builds on this module
@@ -407,14 +435,29 @@ def rename_classes(folder: ChipFolder, class_mapping: Mapping[int, str]) -> list
     return [c | {"Name": mapping.get(int(c["Value"]), c.get("Name", str(c["Value"])))} for c in classes]
 
 
+def _arcgis_bands(bands, extract_bands):
+    """arcgis.learn's ``bands=`` as ``extract_bands``: 0-based band indices (band names, which
+    arcgis.learn matches against its imagery type's, are not known here)."""
+    if extract_bands is not None:
+        raise ValueError("pass either bands= (arcgis.learn's name) or extract_bands=, not both.")
+    if bands is None:
+        return None
+    if not isinstance(bands, (list, tuple)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in bands):
+        raise ValueError(f"bands must be a list of 0-based band indices here (arcgis.learn also takes band "
+                         f"names of its imagery types), got {bands!r}.")
+    return list(bands)
+
+
 def check_arguments(*, val_split_pct: float, norm_pct: float, num_workers: int | None, kwargs: dict) -> None:
     """Refuse what :func:`prepare_data` cannot take: any keyword it does not name (arcgis.learn
     options the toolkit does not take, with the reason), out-of-range shares."""
-    if kwargs:
-        reasons = [f"{k} ({UNSUPPORTED_ARCGIS_KWARGS[k]})" if k in UNSUPPORTED_ARCGIS_KWARGS else f"{k} (unknown)"
-                   for k in sorted(kwargs)]
-        raise TypeError(f"prepare_data() does not take the keyword argument(s) {', '.join(reasons)}. "
+    unknown = sorted(k for k in kwargs if k not in IGNORED_ARCGIS_KWARGS)
+    if unknown:
+        raise TypeError(f"prepare_data() does not take the keyword argument(s) {', '.join(unknown)}. "
                         f"Its arguments: {', '.join(p for p in inspect.signature(prepare_data).parameters if p != 'kwargs')}.")
+    for key in sorted(kwargs):
+        warnings.warn(f"prepare_data({key}=...) is ignored: in arcgis.learn it {IGNORED_ARCGIS_KWARGS[key]}.",
+                      stacklevel=3)
     if not 0.0 <= val_split_pct < 1.0:
         raise ValueError(f"val_split_pct must lie in [0, 1), got {val_split_pct}.")
     if not 0.0 < norm_pct <= 1.0:

@@ -35,9 +35,18 @@ class BandCounts:
         return self.target_norm.n_bands
 
 
+SCALINGS = ("sigma", "minmax")
+
+
 @dataclass
 class BandNorm:
-    """Per-band statistics and the linear map of band values to [-1, 1]."""
+    """Per-band statistics and the linear map of band values to [-1, 1].
+
+    ``scaling="sigma"`` (the toolkit's): ``[max(min, mean - 3 std), min(max, mean + 3 std)]``
+    maps to [-1, 1], values beyond are clipped, so a few bright outliers do not squeeze the rest.
+    ``scaling="minmax"`` (arcgis.learn's raster function): ``[min, max]`` maps to [-1, 1] and
+    nothing is clipped, which models saved by arcgis.learn expect.
+    """
 
     min: list[float]
     max: list[float]
@@ -45,6 +54,7 @@ class BandNorm:
     std: list[float]
     band_names: list[str]
     source: str  # where the statistics came from
+    scaling: str = "sigma"
 
     def __post_init__(self) -> None:
         for key in ("min", "max", "mean", "std"):
@@ -55,9 +65,14 @@ class BandNorm:
                 raise ValueError(f"{self.source}: the {key} of band(s) {bad} is not a finite number "
                                  f"({[values[i - 1] for i in bad][:5]}); band statistics come from "
                                  "finite, not-nodata pixels only.")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"{self.source}: scaling must be one of {SCALINGS}, got {self.scaling!r}.")
         mn, mx, mean, std = (np.asarray(v, dtype=np.float64) for v in (self.min, self.max, self.mean, self.std))
-        self.low = np.maximum(mn, mean - NORM_SIGMA * std)
-        self.high = np.minimum(mx, mean + NORM_SIGMA * std)
+        if self.scaling == "minmax":
+            self.low, self.high = mn, mx
+        else:
+            self.low = np.maximum(mn, mean - NORM_SIGMA * std)
+            self.high = np.minimum(mx, mean + NORM_SIGMA * std)
         flat = self.high <= self.low  # a constant band: any scale works, keep it finite
         self.high = np.where(flat, self.low + 1.0, self.high)
 
@@ -87,7 +102,8 @@ class BandNorm:
                    std=stats.std.tolist(), band_names=names, source=source)
 
     def normalize(self, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """``(bands, h, w)`` band values -> float32 in [-1, 1]; pixels not ``valid`` become 0."""
+        """``(bands, h, w)`` band values -> float32 in [-1, 1] (beyond it, unclipped, for
+        ``scaling="minmax"`` values outside the statistics); pixels not ``valid`` become 0."""
         # float32, in place: this runs for every chip of every epoch
         low = self.low.astype(np.float32)[:, None, None]
         scale = (2.0 / (self.high - self.low)).astype(np.float32)[:, None, None]
@@ -95,7 +111,8 @@ class BandNorm:
         out -= low
         out *= scale
         out -= 1.0
-        np.clip(out, -1.0, 1.0, out=out)
+        if self.scaling == "sigma":
+            np.clip(out, -1.0, 1.0, out=out)
         if valid is not None:
             out[~valid] = 0.0
         return out
@@ -109,12 +126,13 @@ class BandNorm:
     def to_dict(self) -> dict:
         return {"kind": "bands", "band_names": list(self.band_names), "min": list(self.min),
                 "max": list(self.max), "mean": list(self.mean), "std": list(self.std),
-                "low": self.low.tolist(), "high": self.high.tolist(), "source": self.source}
+                "low": self.low.tolist(), "high": self.high.tolist(), "source": self.source,
+                "scaling": self.scaling}
 
     @classmethod
     def from_dict(cls, d: dict) -> BandNorm:
         return cls(min=d["min"], max=d["max"], mean=d["mean"], std=d["std"],
-                   band_names=d["band_names"], source=d["source"])
+                   band_names=d["band_names"], source=d["source"], scaling=d.get("scaling", "sigma"))
 
 
 def _number(value):

@@ -58,6 +58,9 @@ with quiet_import():
 
 __all__ = ["MODEL_TYPES", "Translation", "TranslationModel", "load_model", "register"]
 
+# the config keys that fix the networks' layout (the weights' names and shapes)
+LAYOUT_KEYS = ("architecture", "n_channel", "backbone", "depth", "norm", "ngf", "ndf", "gen_blocks")
+
 MODEL_TYPES: dict[str, type[TranslationModel]] = {}
 """``.emd`` ModelType -> model class, filled by :func:`register`."""
 
@@ -214,6 +217,22 @@ def _untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
     """The inverse of :func:`_transform`: an output of a transformed input back on the input's grid."""
     y = y[..., ::-1] if flip else y
     return np.rot90(y, -k, axes=(-2, -1))
+
+
+def one_image(image, alias, name: str):
+    """The chip to predict, given as ``image`` or under arcgis.learn's name ``alias``."""
+    if (image is None) == (alias is None):
+        raise TypeError(f"predict takes one chip: image (or {name}=, arcgis.learn's name).")
+    return image if alias is None else alias
+
+
+def progress(iterable, show: bool):
+    """``iterable``, with fastai's progress bar when ``show`` (arcgis.learn's ``show_progress``)."""
+    if not show:
+        return iterable
+    from fastprogress.fastprogress import progress_bar
+
+    return progress_bar(iterable)
 
 
 def size_tuple(size) -> tuple[int, int]:
@@ -376,12 +395,12 @@ class TranslationModel:
                 warnings.warn(f"{emd_path}: fine-tuning with the statistics of {data.path} "
                               "(normalization='data'): the model's own statistics are replaced, "
                               "and it scales every input with the new ones from now on.", stacklevel=2)
-        if data is not None and config.get("perceptual_loss"):
+        if data is not None and config.get("perceptual_loss") and config.get("perceptual_kind") != "discriminator":
             # the VGG weights are not part of the model: say so rather than train without them quietly
             warnings.warn(f"{emd_path}: the model was trained with the perceptual loss; fine-tuning "
                           "continues without it (the VGG-16 weights are not saved with the model). "
                           "Its config records perceptual_loss=False from now on.", stacklevel=2)
-            config = dict(config, perceptual_loss=False)
+            config = dict(config, perceptual_loss=False, perceptual_kind=None)
         model._setup(config, input_norm, target_norm, data, working_dir=working_dir, device=device)
         model._load_weights(weights, emd_path)
         model.history = list(emd["Toolkit"].get("history", []))
@@ -427,12 +446,12 @@ class TranslationModel:
 
     def fit(self, epochs: int = 10, lr: float | slice | None = None, one_cycle: bool = True,
             early_stopping: bool | int = False, checkpoint: bool | str = True,
-            tensorboard: bool = False, monitor: str = "valid_loss", *,
+            tensorboard: bool = False, monitor: str = "valid_loss", mixed_precision: bool | None = None, *,
             checkpoint_name: str | None = None, resume: bool | str = False,
             schedule: str | None = None, callbacks: list | None = None,
             distributed: bool | None = None, sync_bn: bool = False) -> None:
-        """Train for ``epochs`` epochs. The arguments up to ``monitor`` are arcgis.learn's, in
-        its order; the toolkit's own follow, keyword-only.
+        """Train for ``epochs`` epochs. The arguments up to ``mixed_precision`` are arcgis.learn's
+        (2.4.4), in its order; the toolkit's own follow, keyword-only.
 
         Args:
             lr: learning rate, a float or a ``slice`` (arcgis.learn, fastai): a slice's
@@ -466,6 +485,10 @@ class TranslationModel:
                 off) are the checkpoint's. Weights, optimizers, gradient scalers, early
                 stopping's state and the random-number states come back, so the fit ends as it
                 would have without the interruption.
+            mixed_precision: for this fit only: ``True`` trains in mixed precision (bf16 where
+                the GPU supports it, else fp16; on the CPU a warning says it trains in float32),
+                ``False`` in float32; ``None`` (default): as the model was made
+                (``mixed_precision=`` of the model: on for CUDA).
             callbacks: more fastai callbacks for this fit (they see the Learner as usual).
             distributed: data-parallel training over the processes ``torchrun`` started
                 (:mod:`toolkit.ddp`): ``None`` (default) when launched by it, ``False`` never.
@@ -561,6 +584,7 @@ class TranslationModel:
             quiet.enter_context(self.learn.no_logging())
         metrics = list(self.learn.metrics)
         self.learn.metrics = metrics + scores  # for this fit only
+        quiet.enter_context(self._precision(mixed_precision))
         with quiet:
             try:
                 if schedule in ("linear", "linear_decay"):
@@ -605,19 +629,38 @@ class TranslationModel:
         ``show_results`` of a few validation chips."""
         return self.show_results(rows=min(4, len(self.data.valid_ds)))
 
-    def lr_find(self, allow_plot: bool = True, *, start_lr: float = 1e-7, end_lr: float = 1e-1,
-                num_it: int = 100) -> float:
+    def _precision(self, mixed_precision: bool | None):
+        """A context in which the Learner trains in mixed precision or not (``None``: as set up)."""
+        stack = contextlib.ExitStack()
+        if mixed_precision is None:
+            return stack
+        current = [cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)]
+        if mixed_precision and not current:
+            if self.device.type != "cuda":
+                warnings.warn("mixed_precision=True: mixed precision runs on CUDA GPUs; this model is on "
+                              f"the {self.device.type}, so it trains in float32.", stacklevel=3)
+            else:
+                bf16 = torch.cuda.is_bf16_supported()
+                stack.enter_context(self.learn.added_cbs([MixedPrecision(amp_mode="bf16" if bf16 else "fp16")]))
+        elif not mixed_precision and current:
+            stack.enter_context(self.learn.removed_cbs(current))
+        return stack
+
+    def lr_find(self, allow_plot: bool = True, mixed_precision: bool | None = None, *, start_lr: float = 1e-7,
+                end_lr: float = 1e-1, num_it: int = 100) -> float:
         """Run fastai's learning-rate finder on the reconstruction part of the generator loss (L1
         for Pix2Pix, cycle and identity for CycleGAN; the GAN terms say little about the step
         size) and return the suggested rate, used by the next ``fit``. ``allow_plot``
-        (arcgis.learn's name) shows the loss against the learning rate."""
+        (arcgis.learn's name) shows the loss against the learning rate; ``mixed_precision`` as
+        for :meth:`fit`."""
         self._require_data("lr_find")
         self._check_working_dir("lr_find")
         parallel = ddp.init_distributed()  # under torchrun: rank 0 searches, the others wait
         if ddp.is_main():
             self.trainer.l1_only = True
             try:
-                with ddp.fastai_single_process() if parallel else contextlib.nullcontext():
+                with ddp.fastai_single_process() if parallel else contextlib.nullcontext(), \
+                        self._precision(mixed_precision):
                     suggestion = self.learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
                                                     show_plot=allow_plot)
             finally:
@@ -766,7 +809,9 @@ class TranslationModel:
         ArcGIS Pro runs (``ArcGISImageTranslation.py``, the ``.emd``'s ``InferenceFunction``; see
         :mod:`toolkit.arcgis_pro`) is written beside the ``.emd`` and into the ``.dlpk``, so that
         Pro's "Classify Pixels Using Deep Learning" runs the package (with the toolkit installed
-        in Pro's Python environment).
+        in Pro's Python environment). Without it the ``.emd`` names no ``InferenceFunction``
+        (arcgis.learn then names Pro's built-in function, which reads only arcgis.learn's own
+        models), and a warning says Pro cannot run the package.
 
         The folder is written to a temporary name and moved into place. An existing folder is
         replaced only with ``overwrite=True`` and only when it holds a model the toolkit saved
@@ -810,13 +855,19 @@ class TranslationModel:
         if self.data is not None:
             figures["show_results.png"] = self._results_figure()
         extra_files = {}
+        emd = self._emd(name)
         if save_inference_file:
             from toolkit.arcgis_pro import INFERENCE_FUNCTION, inference_function_path
 
             extra_files[INFERENCE_FUNCTION] = inference_function_path()
+        else:  # an .emd must not name a file the package lacks
+            del emd["InferenceFunction"]
+            warnings.warn(f"{target}: saved without the raster function (save_inference_file=False): the "
+                          "toolkit loads the model, ArcGIS Pro cannot run it (its own image-translation "
+                          "function reads arcgis.learn's models only).", stacklevel=2)
         try:
             emd_path = write_model_folder(target, name, weights=plain_state(self._state(optimizers=save_optimizer)),
-                                          emd=self._emd(name), figures=figures, extra_files=extra_files,
+                                          emd=emd, figures=figures, extra_files=extra_files,
                                           overwrite=overwrite)
         finally:
             for fig in figures.values():
@@ -825,14 +876,34 @@ class TranslationModel:
         return emd_path
 
     def load(self, name_or_path: str | os.PathLike) -> None:
-        """Load the weights of a saved model (name in the working folder, .emd, folder or .dlpk)."""
+        """Load the weights of a saved model (name in the working folder, .emd, folder, .dlpk or
+        .pth with its .emd beside it; arcgis.learn's models too)."""
         path = Path(name_or_path)
-        if not path.exists() and self.models_dir is not None and (self.models_dir / path).exists():
+        if not path.exists() and getattr(self, "models_dir", None) is not None and (self.models_dir / path).exists():
             path = self.models_dir / path
+        self._load_saved(self._read_saved(path))
+
+    def _read_saved(self, path) -> tuple[dict, dict, Path]:
         emd, weights, emd_path = read_model_folder(path)
         if emd["ModelType"] != self.model_type:
             raise ValueError(f"{emd_path}: a {emd['ModelType']} model; this is a {self.model_type}.")
+        return emd, weights, emd_path
+
+    def _load_saved(self, saved: tuple[dict, dict, Path]) -> None:
+        _, weights, emd_path = saved
         self._load_weights(weights, emd_path)
+
+    def _pretrained(self, pretrained_path, config: dict) -> tuple[dict, dict, Path] | None:
+        """``pretrained_path`` read, before the networks are built: a model saved by arcgis.learn
+        has its own network layout, which ``config`` then takes (as arcgis.learn builds its own),
+        so that its weights fit. ``_load_saved`` loads them once the networks exist."""
+        if pretrained_path is None:
+            return None
+        saved = self._read_saved(pretrained_path)
+        saved_config = saved[0]["Toolkit"]["config"]
+        if saved_config.get("architecture") == "arcgis":
+            config.update({k: saved_config[k] for k in LAYOUT_KEYS if k in saved_config})
+        return saved
 
     def _emd(self, name: str) -> dict:
         """The ``.emd``: the keys ArcGIS Pro reads and arcgis.learn's (``_emd_keys``), then the

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit import viz
-from toolkit.metrics import psnr, ssim
-from toolkit.models.base import Translation, TranslationModel, register
-from toolkit.models.emd_schema import Rule, common_config_rules, integer, number
+from toolkit.metrics import Scores, psnr, ssim
+from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
+from toolkit.models.emd_schema import Rule, check_arcgis_channels, common_config_rules, integer, number
 from toolkit.models.gan import DiscriminatorStep, Pix2PixLoss
-from toolkit.models.networks import PatchDiscriminator, ResnetGenerator
+from toolkit.models.networks import PadBands, PatchDiscriminator, ResnetGenerator
 
 __all__ = ["CycleGAN", "CycleGANTrainer", "ImagePool"]
 
@@ -245,10 +245,11 @@ class CycleGAN(TranslationModel):
             "cell_size": list(data.cell_size) if data.cell_size else None,
             "cell_size_b": list(cell_b) if cell_b else None,
         }
+        pretrained = self._pretrained(pretrained_path, config)
         self._setup(config, data.input_norm, data.target_norm, data, mixed_precision=mixed_precision,
                     working_dir=working_dir)
-        if pretrained_path is not None:
-            self.load(pretrained_path)
+        if pretrained is not None:
+            self._load_saved(pretrained)
 
     # --- what the base needs -----------------------------------------------------------------------
 
@@ -258,8 +259,18 @@ class CycleGAN(TranslationModel):
         n_a, n_b = config["n_bands_in"], config["n_bands_out"]
         gen = dict(ngf=config["ngf"], n_blocks=config["gen_blocks"], norm=config["norm"])
         disc = dict(ndf=config["ndf"], norm=config["norm"])
+        if config.get("architecture") == "arcgis":  # arcgis.learn's: every network on n_channel bands
+            nc = config["n_channel"]
+            return {"generator_ab": PadBands(ResnetGenerator(nc, nc, **gen), [n_a], nc, n_b),
+                    "generator_ba": PadBands(ResnetGenerator(nc, nc, **gen), [n_b], nc, n_a),
+                    "discriminator_a": PadBands(PatchDiscriminator(nc, **disc), [n_a], nc),
+                    "discriminator_b": PadBands(PatchDiscriminator(nc, **disc), [n_b], nc)}
         return {"generator_ab": ResnetGenerator(n_a, n_b, **gen), "generator_ba": ResnetGenerator(n_b, n_a, **gen),
                 "discriminator_a": PatchDiscriminator(n_a, **disc), "discriminator_b": PatchDiscriminator(n_b, **disc)}
+
+    @classmethod
+    def validate_config(cls, config: dict, source) -> None:
+        check_arcgis_channels(config, source)
 
     @classmethod
     def describe_networks(cls, config: dict) -> str:
@@ -299,8 +310,10 @@ class CycleGAN(TranslationModel):
     def translation(self, convert_to: str = "b") -> Translation:
         """One direction as :func:`toolkit.inference.predict_raster` uses it: ``"b"`` runs
         ``G_AB`` on domain A's bands into domain B's units, ``"a"`` the other way."""
+        given = convert_to
+        convert_to = convert_to.lower() if isinstance(convert_to, str) else convert_to  # arcgis: "A"/"B" too
         if convert_to not in DIRECTIONS:
-            raise ValueError(f"convert_to must be 'b' (A -> B) or 'a' (B -> A), got {convert_to!r}.")
+            raise ValueError(f"convert_to must be 'b' (A -> B) or 'a' (B -> A), got {given!r}.")
         if convert_to == "b":
             return self._translation(lambda x: self._run(self.generator_ab, x), self.input_norm,
                                      self.target_norm, "model (A -> B)", convert_to="b")
@@ -313,20 +326,23 @@ class CycleGAN(TranslationModel):
         ``(n, bands, h, w)`` in [-1, 1]; ``tta`` as :meth:`toolkit.Pix2Pix.generate`."""
         return self.translation(convert_to).generate(x, tta=tta)
 
-    def predict(self, image: str | os.PathLike | np.ndarray, convert_to: str = "b",
-                output: str | os.PathLike | None = None, *, transform=None, crs=None,
-                overwrite: bool = False, tta: bool = False) -> np.ndarray:
+    def predict(self, image: str | os.PathLike | np.ndarray | None = None, convert_to: str = "b",
+                output: str | os.PathLike | None = None, *, img_path: str | os.PathLike | None = None,
+                transform=None, crs=None, overwrite: bool = False, tta: bool = False) -> np.ndarray:
         """Translate one chip of any size, as arcgis.learn's ``predict(img_path, convert_to)``.
 
         Args:
-            image: a chip file, or an array ``(bands, height, width)`` in the source domain's units.
-            convert_to: ``"b"``: the chip is of domain A, translate it to B; ``"a"``: B -> A.
+            image: a chip file, or an array ``(bands, height, width)`` in the source domain's
+                units (``img_path=``: arcgis.learn's name for it).
+            convert_to: ``"b"`` (or ``"B"``): the chip is of domain A, translate it to B;
+                ``"a"`` (``"A"``): B -> A.
             output, transform, crs, overwrite, tta: as :meth:`toolkit.Pix2Pix.predict`.
 
         Returns:
             float32 ``(bands, height, width)`` in the other domain's units; NaN where the input
             is nodata.
         """
+        image = one_image(image, img_path, "img_path")
         return self.translation(convert_to).predict(image, output, transform=transform, crs=crs,
                                                     overwrite=overwrite, tta=tta)
 
@@ -343,17 +359,20 @@ class CycleGAN(TranslationModel):
 
     # --- evaluation --------------------------------------------------------------------------------
 
-    def _validation_batches(self, dl=None):
+    def _validation_batches(self, dl=None, show_progress: bool = False):
         """``(a, b, fake_b, rec_a, fake_a, rec_b)`` numpy batches in [-1, 1] over the validation
         chips (or ``dl``), no augmentation."""
         self._require_data("this")
-        for a, b in (dl if dl is not None else self.data.valid):
+        for a, b in progress(dl if dl is not None else self.data.valid, show_progress):
             a, b = a.cpu().numpy(), b.cpu().numpy()
             fake_b, fake_a = self._run(self.generator_ab, a), self._run(self.generator_ba, b)
             yield a, b, fake_b, self._run(self.generator_ba, fake_b), fake_a, self._run(self.generator_ab, fake_a)
 
-    def compute_metrics(self) -> dict[str, float]:
-        """Scores in [-1, 1] units (each band's normalisation range):
+    def compute_metrics(self, show_progress: bool = False) -> Scores:
+        """Scores in [-1, 1] units (each band's normalisation range), as a
+        :class:`toolkit.metrics.Scores` (read ``["PSNR"]`` as in arcgis.learn; arcgis.learn's
+        ``FID_A`` / ``FID_B`` are not computed: they need Inception weights); ``show_progress``
+        shows a progress bar over the validation batches:
 
         * ``cycle_a``, ``cycle_b``: mean absolute cycle-consistency error A -> B -> A and
           B -> A -> B on the validation chips, and ``cycle`` their mean (= ``valid_loss``);
@@ -362,7 +381,7 @@ class CycleGAN(TranslationModel):
           range 2), and ``psnr_a``, ``ssim_a`` of B -> A against the true A.
         """
         cycle_a, cycle_b = [], []
-        for a, b, _, rec_a, _, rec_b in self._validation_batches():
+        for a, b, _, rec_a, _, rec_b in self._validation_batches(show_progress=show_progress):
             cycle_a += [float(np.abs(r - t).mean()) for r, t in zip(rec_a, a)]
             cycle_b += [float(np.abs(r - t).mean()) for r, t in zip(rec_b, b)]
         metrics = {"cycle_a": float(np.mean(cycle_a)), "cycle_b": float(np.mean(cycle_b))}
@@ -371,7 +390,7 @@ class CycleGAN(TranslationModel):
         if pairs is not None and len(pairs):
             metrics |= self.pair_scores(pairs)
         self.metrics = metrics
-        return metrics
+        return Scores(metrics)
 
     def pair_scores(self, pairs) -> dict[str, float]:
         """PSNR and SSIM of both directions on true pairs: a dataset of normalised ``(a, b)``

@@ -80,7 +80,21 @@ def common_config_rules(dataset_types: tuple[str, ...]) -> dict[str, Rule]:
         "cell_size": Rule("null or a list of two numbers > 0",  # inference divides by it
                           lambda v: v is None or _list_of(lambda x: number(x) and x > 0, length=2)(v),
                           required=False),
+        # arcgis.learn's network layout (toolkit.models.arcgis_learn), with its channel count
+        "architecture": Rule("'toolkit' or 'arcgis'", lambda v: v in ("toolkit", "arcgis"), required=False),
+        "n_channel": Rule("an integer from 1 to 1024", lambda v: integer(v, 1, 1024), required=False),
     }
+
+
+def check_arcgis_channels(config: dict, source) -> None:
+    """An ``architecture: "arcgis"`` config needs ``n_channel`` (its networks' band count) to
+    hold both sides' bands."""
+    if config.get("architecture") != "arcgis":
+        return
+    need = max(config["n_bands_in"], config["n_bands_out"])
+    if not integer(config.get("n_channel"), need):
+        fail(source, "Toolkit.config.n_channel", f"an integer >= {need} (the larger side's bands)",
+             config.get("n_channel"), missing="n_channel" not in config)
 
 
 BANDS = {  # BandNorm.to_dict; low/high are derived again on reading
@@ -88,6 +102,7 @@ BANDS = {  # BandNorm.to_dict; low/high are derived again on reading
     "band_names": Rule("a list of strings", _list_of(_str)),
     "min": _numbers, "max": _numbers, "mean": _numbers, "std": _numbers,
     "source": Rule("a string", _str),
+    "scaling": Rule("'sigma' or 'minmax'", lambda v: v in ("sigma", "minmax"), required=False),
 }
 CLASS = {"Value": Rule("an integer", integer), "Name": Rule("a string", _str, required=False)}
 CLASSES = {  # MaskEncoding.to_dict

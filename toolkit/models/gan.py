@@ -157,7 +157,7 @@ class GANTrainer(DiscriminatorStep):
 
     def __init__(self, discriminator: nn.Module, *, lambda_l1: float = 100.0, gan_weight: float = 1.0,
                  betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False,
-                 perceptual: PerceptualLoss | None = None, lambda_perceptual: float = 10.0) -> None:
+                 perceptual: PerceptualLoss | DiscriminatorFeatureLoss | None = None, lambda_perceptual: float = 10.0) -> None:
         if perceptual is not None:  # recorded too: set before the base makes epoch_losses
             self.loss_names = (*GANTrainer.loss_names, "perceptual_loss")
         super().__init__(discriminator, betas=betas)
@@ -174,7 +174,7 @@ class GANTrainer(DiscriminatorStep):
 
     def before_fit(self) -> None:
         super().before_fit()
-        if self.perceptual is not None:  # the VGG features follow the generator's device, once
+        if isinstance(self.perceptual, PerceptualLoss):  # the VGG features follow the generator's device
             self.perceptual.to(next(self.learn.model.parameters()).device)
 
     def after_pred(self) -> None:
@@ -193,7 +193,7 @@ class GANTrainer(DiscriminatorStep):
         self._add("l1_loss", l1)
         loss = self.lambda_l1 * l1
         if self.perceptual is not None and not self.l1_only:
-            feature = self.perceptual(pred, target)
+            feature = self.perceptual(pred, target, self.xb[0])
             self._add("perceptual_loss", feature)
             loss = loss + self.lambda_perceptual * feature
         if not self.adversarial:
@@ -261,11 +261,52 @@ class PerceptualLoss(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             wanted = self._activations(target)
         got = self._activations(pred)
         return sum(F.l1_loss(g, w) for g, w in zip(got, wanted)) / len(got)
+
+
+class DiscriminatorFeatureLoss(nn.Module):
+    """arcgis.learn 2.4.4's ``perceptual_loss=True``: no ImageNet network, the discriminator's
+    own features. The mean absolute differences of the discriminator's first three activations
+    (its first three LeakyReLUs) between the real and the generated target, weighted 5, 1.5 and
+    1 and divided by 3, plus the RMSE of the logs of the two (negative values as 0): added to the
+    generator's loss (``lambda_perceptual``, 1 as in arcgis.learn).
+
+    Where it differs from arcgis.learn's, on purpose: the features carry gradients to the
+    generator (arcgis.learn's hooks detach them, so its feature term only adds to the loss's
+    value); the discriminator sees each target beside its input (arcgis.learn passes the target
+    twice); batches are averaged (arcgis.learn's sum weighs later chips more)."""
+
+    WEIGHTS = (5.0, 1.5, 1.0)
+
+    def __init__(self, discriminator: nn.Module) -> None:
+        super().__init__()
+        self.activations = [m for m in discriminator.modules() if isinstance(m, nn.LeakyReLU)][:len(self.WEIGHTS)]
+        if len(self.activations) < len(self.WEIGHTS):
+            raise ValueError("the discriminator has fewer than three LeakyReLU activations to compare.")
+        self._discriminator = [discriminator]  # a reference, not a submodule: its weights are D's
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        found: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: found.append(out.clone())) for m in self.activations]
+        try:
+            self._discriminator[0](x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return found
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            wanted = self._features(torch.cat([condition, target], 1))
+        got = self._features(torch.cat([condition, pred], 1))
+        features = sum(w * F.l1_loss(g, t) for w, g, t in zip(self.WEIGHTS, got, wanted)) / 3.0
+        eps = 1e-7
+        logs = torch.log(F.relu(target.float()) + eps) - torch.log(F.relu(pred.float()) + eps)
+        return features + torch.sqrt(torch.mean(logs ** 2))
 
 
 def _plain_tensor(x):

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from toolkit._fs import atomic_folder
+from toolkit.models.arcgis_learn import is_arcgis_emd, toolkit_emd, toolkit_weights
 from toolkit.models.emd_schema import validate_emd
 
 __all__ = ["MAX_EMD_BYTES", "MAX_WEIGHTS_BYTES", "check_file_name", "read_model_folder",
@@ -90,7 +91,9 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError
 
 
 def read_model_folder(path: str | os.PathLike) -> tuple[dict, dict, Path]:
-    """Read a saved model: ``(emd, weights, emd_path)`` from its ``.emd``, its folder or its ``.dlpk``.
+    """Read a saved model: ``(emd, weights, emd_path)`` from its ``.emd``, its folder, its ``.dlpk``
+    or its ``.pth`` (with the ``.emd`` of the same name beside it). Models saved by arcgis.learn
+    come back in the toolkit's form (:mod:`toolkit.models.arcgis_learn`).
 
     Reads the ``.emd`` (checked with :func:`toolkit.models.emd_schema.validate_emd`) and the one
     weights file its ``ModelFile`` names (a plain file name beside it: no folders, ``..`` or
@@ -107,6 +110,12 @@ def read_model_folder(path: str | os.PathLike) -> tuple[dict, dict, Path]:
         raise FileNotFoundError(f"{path}: no such model (.emd, model folder or .dlpk).")
     if path.suffix.lower() == ".dlpk":
         return _read_package(path)
+    if path.suffix.lower() == ".pth":  # arcgis.learn's pretrained_path: the weights, .emd beside
+        emd_path = path.with_suffix(".emd")
+        if not emd_path.is_file():
+            raise FileNotFoundError(f"{path}: weights alone; their model definition {emd_path.name} "
+                                    "must sit beside them (pass the .emd, the folder or the .dlpk).")
+        path = emd_path
     if path.is_dir():
         emds = sorted(path.glob("*.emd"))
         if not emds:
@@ -120,7 +129,7 @@ def read_model_folder(path: str | os.PathLike) -> tuple[dict, dict, Path]:
     weights_path = _folder_file(path, emd.get("ModelFile", f"{path.stem}.pth"))
     with _open_capped(weights_path, MAX_WEIGHTS_BYTES) as f:
         weights = _torch_load(f, weights_path)
-    return emd, weights, path
+    return emd, _imported_weights(emd, weights, weights_path), path
 
 
 def _read_package(package: Path) -> tuple[dict, dict, Path]:
@@ -133,7 +142,15 @@ def _read_package(package: Path) -> tuple[dict, dict, Path]:
             data = read_package_member(archive, package, name, cap=MAX_WEIGHTS_BYTES)
     except zipfile.BadZipFile as err:  # from ZipFile(): not a zip at all
         raise ValueError(f"{package}: not a readable .dlpk package ({err}).") from err
-    return emd, _torch_load(io.BytesIO(data), f"{package}: member {name!r}"), package
+    source = f"{package}: member {name!r}"
+    return emd, _imported_weights(emd, _torch_load(io.BytesIO(data), source), source), package
+
+
+def _imported_weights(emd: dict, weights: dict, source) -> dict:
+    """The weights in the toolkit's form: those of a model arcgis.learn saved are converted."""
+    if str(emd["Toolkit"].get("imported_from", "")).startswith("arcgis.learn"):
+        return toolkit_weights(emd, weights, source)
+    return weights
 
 
 def _package_emd(archive: zipfile.ZipFile, package: Path) -> str:
@@ -237,6 +254,8 @@ def _parse_emd(data: bytes, source) -> dict:
         emd = json.loads(data)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"{source}: not a valid .emd (JSON) file ({err}).") from err
+    if is_arcgis_emd(emd):  # saved by arcgis.learn: read as the same model in the toolkit's form
+        emd = toolkit_emd(emd, source)
     validate_emd(emd, source)
     return emd
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchDiscriminator", "ResnetGenerator", "UNetGenerator", "backbone_generator", "init_weights",
-           "unet_depth", "SUPPORTED_BACKBONES"]
+__all__ = ["ArcGISPatchDiscriminator", "ArcGISUNetGenerator", "PadBands", "PatchDiscriminator", "ResnetGenerator",
+           "UNetGenerator", "backbone_generator", "init_weights", "unet_depth", "SUPPORTED_BACKBONES"]
 
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -177,6 +177,115 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+# --- arcgis.learn 2.4.4's layouts -----------------------------------------------------------------
+#
+# arcgis.learn's Pix2Pix generator is the U-Net of the PyTorch-GAN collection rather than the
+# reference code's nested one: eight named down blocks (InstanceNorm, no bias, Dropout 0.5 from the
+# fourth on), seven up blocks, and a final nearest upsampling + 4x4 convolution. Same idea, other
+# modules and keys, and instance norm; built here as arcgis.learn lays it out, so that its saved
+# weights load key for key (toolkit.models.arcgis_learn maps the names).
+
+
+class _Down(nn.Module):
+    def __init__(self, n_in: int, n_out: int, norm: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(n_in, n_out, 4, 2, 1, bias=False)]
+        layers += [nn.InstanceNorm2d(n_out)] if norm else []
+        layers.append(nn.LeakyReLU(0.2))
+        layers += [nn.Dropout(dropout)] if dropout else []
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class _Up(nn.Module):
+    def __init__(self, n_in: int, n_out: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.ConvTranspose2d(n_in, n_out, 4, 2, 1, bias=False), nn.InstanceNorm2d(n_out),
+                                   nn.ReLU(inplace=True)]
+        layers += [nn.Dropout(dropout)] if dropout else []
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.model(x), skip), 1)
+
+
+class ArcGISUNetGenerator(nn.Module):
+    """arcgis.learn 2.4.4's Pix2Pix generator: ``(batch, n_in, h, w)`` in [-1, 1] -> ``(batch,
+    n_out, h, w)`` in [-1, 1]; 8 downsamplings (1 x 1 bottleneck at 256 px), 54.4 M parameters
+    at 4 bands. Sides that are not a multiple of 256 are padded (reflect) and cropped back."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.n_in, self.n_out = n_in, n_out
+        widths = [64, 128, 256, 512, 512, 512, 512, 512]
+        for i, width in enumerate(widths):
+            n = widths[i - 1] if i else n_in
+            setattr(self, f"down{i + 1}", _Down(n, width, norm=0 < i < 7, dropout=0.5 if i >= 3 else 0.0))
+        for i in range(7):  # up{i+1} meets down{7-i}
+            n = 512 if i == 0 else 2 * widths[7 - i]
+            setattr(self, f"up{i + 1}", _Up(n, widths[6 - i], dropout=0.5 if i < 4 else 0.0))
+        self.final = nn.Sequential(nn.Upsample(scale_factor=2), nn.ZeroPad2d((1, 0, 1, 0)),
+                                   nn.Conv2d(128, n_out, 4, padding=1), nn.Tanh())
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i in range(1, 9):
+            x = getattr(self, f"down{i}")(x)
+            skips.append(x)
+        for i in range(1, 8):
+            x = getattr(self, f"up{i}")(x, skips[7 - i])
+        return self.final(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_forward(self._forward, x, 256)
+
+
+class ArcGISPatchDiscriminator(nn.Module):
+    """arcgis.learn 2.4.4's Pix2Pix discriminator on ``n_in`` channels (its input and target
+    bands, concatenated): four stride-2 blocks (InstanceNorm after the first), a zero pad and a
+    4 x 4 convolution without bias -> ``(batch, 1, h/16, w/16)`` logits."""
+
+    def __init__(self, n_in: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(((n_in, 64), (64, 128), (128, 256), (256, 512))):
+            layers += [nn.Conv2d(a, b, 4, stride=2, padding=1)]
+            layers += [nn.InstanceNorm2d(b)] if i else []
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        layers += [nn.ZeroPad2d((1, 0, 1, 0)), nn.Conv2d(512, 1, 4, padding=1, bias=False)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PadBands(nn.Module):
+    """``net`` on inputs whose band groups are widened to ``n_channel`` bands each by repeating a
+    group's last band, keeping the first ``n_out`` output bands (all with ``None``): arcgis.learn
+    gives both sides of a translation the larger band count this way (a 4 -> 1 band model has 4
+    -> 4 band networks). ``groups``: the band count of each group of the input (one group for a
+    generator; input and target for a pix2pix discriminator)."""
+
+    def __init__(self, net: nn.Module, groups: list[int], n_channel: int, n_out: int | None = None) -> None:
+        super().__init__()
+        if any(g > n_channel for g in groups):
+            raise ValueError(f"band groups {groups} do not fit networks of {n_channel} channels.")
+        self.net, self.groups, self.n_channel, self.n_out = net, list(groups), n_channel, n_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts, start = [], 0
+        for g in self.groups:
+            part = x[:, start:start + g]
+            start += g
+            if g < self.n_channel:
+                part = torch.cat([part, part[:, -1:].expand(-1, self.n_channel - g, -1, -1)], 1)
+            parts.append(part)
+        y = self.net(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+        return y if self.n_out is None else y[:, :self.n_out]
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:

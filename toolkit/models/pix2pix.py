@@ -27,12 +27,14 @@ from torch import nn
 
 from toolkit import viz
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
-from toolkit.metrics import confusion, object_counts, psnr, scores_from_confusion, ssim
-from toolkit.models.base import Translation, TranslationModel, register, size_tuple
-from toolkit.models.emd_schema import MAX_DEPTH, Rule, common_config_rules, fail, integer, number
-from toolkit.models.gan import GANTrainer, PerceptualLoss, Pix2PixLoss
-from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, UNetGenerator,
-                                     backbone_generator, init_weights, unet_depth)
+from toolkit.metrics import Scores, confusion, object_counts, psnr, scores_from_confusion, ssim
+from toolkit.models.base import Translation, TranslationModel, one_image, progress, register, size_tuple
+from toolkit.models.emd_schema import (MAX_DEPTH, Rule, check_arcgis_channels, common_config_rules, fail,
+                                      integer, number)
+from toolkit.models.gan import DiscriminatorFeatureLoss, GANTrainer, PerceptualLoss, Pix2PixLoss
+from toolkit.models.networks import (SUPPORTED_BACKBONES, ArcGISPatchDiscriminator, ArcGISUNetGenerator,
+                                     PadBands, PatchDiscriminator, UNetGenerator, backbone_generator,
+                                     init_weights, unet_depth)
 
 __all__ = ["Pix2Pix"]
 
@@ -50,11 +52,14 @@ class Pix2Pix(TranslationModel):
         backbone: ``None`` for the paper's U-Net, or a ResNet name (``"resnet34"``...) for
             fastai's DynamicUnet over it (random init unless ``backbone_weights`` names a local
             torchvision state dict; nothing is downloaded).
-        perceptual_loss: arcgis.learn's VGG-16 feature loss (:class:`toolkit.models.gan.PerceptualLoss`)
-            added to the generator's loss, for targets of 1 or 3 bands: the path of a local
-            torchvision ``vgg16`` state dict (ImageNet weights; nothing is downloaded). ``True``
-            raises a ``ValueError`` saying so; ``False`` (default): the paper's loss.
-        lambda_perceptual: weight of the perceptual term (with ``perceptual_loss``).
+        perceptual_loss: ``True``: arcgis.learn 2.4.4's perceptual loss, the discriminator's own
+            features of real and generated targets compared, plus an RMSE of logs
+            (:class:`toolkit.models.gan.DiscriminatorFeatureLoss`; nothing to download). The
+            path of a local torchvision ``vgg16`` state dict (ImageNet weights): the VGG-16
+            feature loss of Johnson et al. (:class:`toolkit.models.gan.PerceptualLoss`), for
+            targets of 1 or 3 bands. ``False`` (default): the paper's loss.
+        lambda_perceptual: weight of the perceptual term: default 1 (arcgis.learn's) for
+            ``True``, 10 for VGG-16.
 
     The arguments up to ``perceptual_loss`` are arcgis.learn's, in its order; the rest are
     keyword-only.
@@ -86,6 +91,8 @@ class Pix2Pix(TranslationModel):
         "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
         "perceptual_loss": Rule("true or false", lambda v: isinstance(v, bool), required=False),
         "lambda_perceptual": Rule("a number >= 0", lambda v: number(v, low=0), required=False),
+        "perceptual_kind": Rule("null, 'discriminator' or 'vgg16'", lambda v: v in (None, "discriminator", "vgg16"),
+                                required=False),
     }
     loss_panels = [("L1 (in [-1, 1] units)", [("l1_loss", "train L1"), ("valid_loss", "validation L1")]),
                    ("BCE", [("gen_loss", "G adversarial"), ("d_loss", "D")])]
@@ -94,7 +101,7 @@ class Pix2Pix(TranslationModel):
 
     def __init__(self, data, pretrained_path: str | os.PathLike | None = None,
                  backbone: str | None = None, perceptual_loss: bool | str | os.PathLike = False, *,
-                 lambda_perceptual: float = 10.0, ngf: int = 64, ndf: int = 64,
+                 lambda_perceptual: float | None = None, ngf: int = 64, ndf: int = 64,
                  lambda_l1: float = 100.0, gan_weight: float = 1.0, norm: str = "batch",
                  class_balance: bool = False, backbone_weights: str | os.PathLike | None = None,
                  mixed_precision: bool | None = None,
@@ -102,19 +109,18 @@ class Pix2Pix(TranslationModel):
         if data is None:
             raise ValueError("Pix2Pix needs data from prepare_data(); to load a saved model for "
                              "inference without data use Pix2Pix.from_model(path).")
-        if perceptual_loss is True:
-            raise ValueError("perceptual_loss=True (arcgis.learn) adds a VGG-16 feature loss, which needs "
-                             "ImageNet-trained VGG weights that the toolkit never downloads and does not "
-                             "ship. Pass the path of a torchvision vgg16 state dict you have (e.g. "
-                             "perceptual_loss='vgg16-397923af.pth'), or perceptual_loss=False (the "
-                             "paper's L1 + GAN loss).")
         self._perceptual = None
-        if perceptual_loss is not False and perceptual_loss is not None:
+        kind = "discriminator" if perceptual_loss is True else None
+        if kind is None and perceptual_loss is not False and perceptual_loss is not None:
+            kind = "vgg16"
             if data.dataset_type == CLASSIFIED_TILES:
                 raise ValueError("perceptual_loss compares VGG features of images; this data's target is "
                                  "a class mask (Classified_Tiles).")
             PerceptualLoss.check_bands(data.n_bands_out)
             self._perceptual = PerceptualLoss(perceptual_loss)
+        if kind == "discriminator" and data.dataset_type == CLASSIFIED_TILES:
+            raise ValueError("perceptual_loss compares features of images; this data's target is a "
+                             "class mask (Classified_Tiles).")
         if data.dataset_type not in DATASET_TYPES:
             raise ValueError(f"{data.path}: Pix2Pix trains on pairs (dataset_type {list(DATASET_TYPES)}); "
                              f"this data is {data.dataset_type!r} (unpaired domains: use CycleGAN).")
@@ -129,15 +135,17 @@ class Pix2Pix(TranslationModel):
             "depth": None if backbone else unet_depth(size), "ngf": ngf, "ndf": ndf,
             "norm": norm, "lambda_l1": lambda_l1, "gan_weight": gan_weight,
             "class_balance": bool(class_balance),
-            "perceptual_loss": self._perceptual is not None,
-            "lambda_perceptual": float(lambda_perceptual),
+            "perceptual_loss": kind is not None, "perceptual_kind": kind,
+            "lambda_perceptual": float(lambda_perceptual if lambda_perceptual is not None
+                                       else 1.0 if kind == "discriminator" else 10.0),
             "extract_bands": data.train_ds.extract_bands,
             "cell_size": list(data.cell_size) if data.cell_size else None,
         }
+        pretrained = self._pretrained(pretrained_path, config)
         self._setup(config, data.input_norm, data.target_norm, data, backbone_weights=backbone_weights,
                     mixed_precision=mixed_precision, working_dir=working_dir)
-        if pretrained_path is not None:
-            self.load(pretrained_path)
+        if pretrained is not None:
+            self._load_saved(pretrained)
 
     # --- what the base needs -----------------------------------------------------------------------
 
@@ -146,6 +154,10 @@ class Pix2Pix(TranslationModel):
         """``{"generator", "discriminator"}`` as ``config`` describes them, without the paper's
         weight init; on the meta device for checking a saved model's weights."""
         n_in, n_out = config["n_bands_in"], config["n_bands_out"]
+        if config.get("architecture") == "arcgis":  # arcgis.learn's layout, both sides n_channel bands
+            nc = config["n_channel"]
+            return {"generator": PadBands(ArcGISUNetGenerator(nc, nc), [n_in], nc, n_out),
+                    "discriminator": PadBands(ArcGISPatchDiscriminator(2 * nc), [n_in, n_out], nc)}
         if config["backbone"]:
             generator = backbone_generator(config["backbone"], n_in, n_out, size_tuple(config["chip_size"]),
                                            weights=backbone_weights)
@@ -156,12 +168,18 @@ class Pix2Pix(TranslationModel):
 
     @classmethod
     def describe_networks(cls, config: dict) -> str:
+        if config.get("architecture") == "arcgis":
+            return f"arcgis.learn's U-Net (8 down) and PatchGAN, {config['n_channel']} channels"
         net = f"{config['backbone']} U-Net" if config["backbone"] else \
             f"U-Net depth {config['depth']}, ngf {config['ngf']}"
         return f"{net}, PatchGAN ndf {config['ndf']}"
 
     @classmethod
     def validate_config(cls, config: dict, source) -> None:
+        check_arcgis_channels(config, source)
+        if config.get("architecture") == "arcgis" and config["backbone"] is not None:
+            fail(source, "Toolkit.config.backbone", "null (arcgis.learn's layout has its own U-Net)",
+                 config["backbone"])
         if config["backbone"] is None and config["depth"] is None:
             fail(source, "Toolkit.config.depth", f"an integer from 2 to {MAX_DEPTH} (no backbone)", None)
 
@@ -172,9 +190,10 @@ class Pix2Pix(TranslationModel):
 
     def _make_trainer(self) -> GANTrainer:
         c = self.config
+        perceptual = (DiscriminatorFeatureLoss(self.discriminator) if c.get("perceptual_kind") == "discriminator"
+                      else getattr(self, "_perceptual", None))
         return GANTrainer(self.discriminator, lambda_l1=c["lambda_l1"], gan_weight=c["gan_weight"],
-                          class_balance=c.get("class_balance", False),
-                          perceptual=getattr(self, "_perceptual", None),
+                          class_balance=c.get("class_balance", False), perceptual=perceptual,
                           lambda_perceptual=c.get("lambda_perceptual", 10.0))
 
     def _learner_model(self) -> nn.Module:
@@ -228,12 +247,14 @@ class Pix2Pix(TranslationModel):
         in [0, 1] (one band per class; 0.5 is the decision threshold) for mask targets."""
         return self.translation().to_target_units(out)
 
-    def predict(self, image: str | os.PathLike | np.ndarray, output: str | os.PathLike | None = None,
-                *, transform=None, crs=None, overwrite: bool = False, tta: bool = False) -> np.ndarray:
+    def predict(self, image: str | os.PathLike | np.ndarray | None = None, output: str | os.PathLike | None = None,
+                *, path: str | os.PathLike | None = None, transform=None, crs=None, overwrite: bool = False,
+                tta: bool = False) -> np.ndarray:
         """Translate one chip of any size.
 
         Args:
-            image: a chip file, or an array ``(bands, height, width)`` in input units.
+            image: a chip file, or an array ``(bands, height, width)`` in input units
+                (``path=``: arcgis.learn's name for it).
             output: write the result there as a float32 GeoTIFF carrying the chip's CRS and
                 transform (``transform``/``crs`` for an array input); nodata NaN.
             overwrite: replace an existing ``output`` that the toolkit wrote (as
@@ -246,6 +267,7 @@ class Pix2Pix(TranslationModel):
             float32 ``(bands, height, width)`` in target units (see :meth:`to_target_units`);
             pixels where the input is nodata are NaN.
         """
+        image = one_image(image, path, "path")
         return self.translation().predict(image, output, transform=transform, crs=crs,
                                           overwrite=overwrite, tta=tta)
 
@@ -264,14 +286,16 @@ class Pix2Pix(TranslationModel):
 
     # --- evaluation --------------------------------------------------------------------------------
 
-    def _validation_batches(self):
+    def _validation_batches(self, show_progress: bool = False):
         """``(x, y, prediction)`` numpy batches in [-1, 1] over the validation set (no augmentation)."""
         self._require_data("this")
-        for x, y in self.data.valid:
+        for x, y in progress(self.data.valid, show_progress):
             yield x.cpu().numpy(), y.cpu().numpy(), self.generate(x.cpu().numpy())
 
-    def compute_metrics(self) -> dict[str, float]:
-        """Scores on the validation set: ``psnr`` (dB, from the MSE over the [-1, 1] data range,
+    def compute_metrics(self, show_progress: bool = False) -> Scores:
+        """Scores on the validation set (a :class:`toolkit.metrics.Scores`: ``["PSNR"]`` reads
+        as in arcgis.learn; ``show_progress`` shows a progress bar over the validation batches):
+        ``psnr`` (dB, from the MSE over the [-1, 1] data range,
         i.e. each band's normalisation range), ``ssim``, ``l1`` (mean absolute error in [-1, 1]
         units, as ``valid_loss``); for Classified_Tiles also ``iou``, ``f1``, ``precision``,
         ``recall`` and ``accuracy`` of the footprint (any class against background) at 0.5, and
@@ -282,7 +306,7 @@ class Pix2Pix(TranslationModel):
         psnrs, ssims, l1s = [], [], []
         counts = np.zeros(4, dtype=np.int64)
         batches = []
-        for x, y, pred in self._validation_batches():
+        for x, y, pred in self._validation_batches(show_progress):
             if self.is_mask:
                 batches.append((None, y, pred))
             for p, t in zip(pred, y):
@@ -299,7 +323,7 @@ class Pix2Pix(TranslationModel):
             grid = self._footprint_grid(*self.METRIC_GRID.values(), batches=batches)
             metrics["footprint_f1"] = float(max(grid.values()))
         self.metrics = metrics
-        return metrics
+        return Scores(metrics)
 
     # the settings tune_footprints tries by default
     TUNING_GRID = {"thresholds": (0.3, 0.4, 0.5, 0.6, 0.7),
