@@ -382,3 +382,58 @@ def test_test_time_augmentation_matches_predict_with_tta(image_model, rotterdam_
     x[:, ~mask.astype(bool).all(axis=0)] = np.nan
     expected = load_model(emd_path).predict(x, tta=True)[:, 8:56, 8:56]
     np.testing.assert_allclose(result["output_pixels"], expected, rtol=1e-5, atol=1e-3)
+
+
+NO_FASTAI = """
+import importlib.abc, json, sys
+import numpy as np
+
+class NoFastai(importlib.abc.MetaPathFinder):  # as in ArcGIS Pro's Python: fastai 1 or none
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("fastai", "fastcore"):
+            raise ModuleNotFoundError(f"No module named {name!r} (made unimportable by the test)")
+
+sys.meta_path.insert(0, NoFastai())
+emd, raster, out = sys.argv[1:4]
+import importlib.util
+spec = importlib.util.spec_from_file_location("rf", sys.argv[4])
+module = importlib.util.module_from_spec(spec); sys.modules["rf"] = module; spec.loader.exec_module(module)
+function = module.ArcGISImageTranslation()
+function.initialize(model=emd, device=-1)
+scalars = {p["name"]: p.get("value") for p in function.getParameterInfo() if p["dataType"] != "raster"}
+config = function.getConfiguration(**scalars)
+info = function.updateRasterInfo(output_info={})["output_info"]
+p, tx, ty = config["padding"], config["tx"], config["ty"]
+import rasterio
+with rasterio.open(raster) as src:
+    block = src.read([b + 1 for b in config["extractBands"]], window=((0, ty + 2 * p), (0, tx + 2 * p)))
+pixels = function.updatePixels((0, 0), (1, ty, tx), {"pixelType": info["pixelType"]}, raster_pixels=block)
+import toolkit
+classes = toolkit.predict_raster(emd, raster, out, threshold=0.5, progress=False)
+footprints = toolkit.vectorize(classes)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("fastai", "fastcore"))
+print(json.dumps({"block": list(pixels["output_pixels"].shape), "classes": int((pixels["output_pixels"] > 0).sum()),
+                  "polygons": len(footprints), "epsg": footprints.crs.to_epsg(), "fastai_modules": loaded}))
+"""
+
+
+def test_inference_runs_without_fastai(footprint_model, atlanta_scene, tmp_path):
+    """ArcGIS Pro's Python holds arcgis.learn's fastai 1 (or no fastai): the raster function,
+    predict_raster of a saved model and vectorize run with fastai and fastcore unimportable."""
+    import subprocess
+
+    emd_path = unpack(footprint_model, tmp_path / "unpacked")
+    script = tmp_path / "no_fastai.py"
+    script.write_text(NO_FASTAI)
+    result = subprocess.run([sys.executable, str(script), str(emd_path), str(atlanta_scene),
+                             str(tmp_path / "classes.tif"), str(emd_path.parent / INFERENCE_FUNCTION)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["fastai_modules"] == []
+    assert report["block"] == [1, 64, 64] and report["classes"] > 0
+    expected = load_model(footprint_model).predict_raster(atlanta_scene, tmp_path / "with_fastai.tif",
+                                                           threshold=0.5, progress=False)
+    with rasterio.open(tmp_path / "classes.tif") as a, rasterio.open(expected) as b:
+        assert np.array_equal(a.read(), b.read()) and a.crs == b.crs and a.transform == b.transform
+    assert report["polygons"] > 0 and report["epsg"] == b.crs.to_epsg()

@@ -9,7 +9,7 @@ Heavy parts (torch, fastai) are imported only when first used, so ``import toolk
 
 from __future__ import annotations
 
-import importlib
+from toolkit._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ _EXPORTS = {
     "Pix2Pix": "toolkit.models",
     "CycleGAN": "toolkit.models",
     "load_model": "toolkit.models",
+    "load_translation": "toolkit.models",
     "predict_raster": "toolkit.inference",
     "predict_rasters": "toolkit.distributed",
     "vectorize": "toolkit.vector",
@@ -30,17 +31,4 @@ _EXPORTS = {
     "ddp": "toolkit.ddp",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        value = module if module.__name__.endswith(name) else getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports("toolkit", _EXPORTS, globals())

@@ -60,8 +60,10 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
     """Run ``model`` over ``in_raster`` into ``out_raster``.
 
     Args:
-        model: a :class:`toolkit.Pix2Pix` or :class:`toolkit.CycleGAN`, or one direction of a
-            model as a :class:`toolkit.models.Translation` (all that is used of it).
+        model: a :class:`toolkit.Pix2Pix` or :class:`toolkit.CycleGAN`, one direction of a
+            model as a :class:`toolkit.models.Translation` (all that is used of it), or a saved
+            model's path (``.dlpk``, ``.emd``, folder; arcgis.learn's too), loaded with
+            :func:`toolkit.models.load_translation`: without fastai.
         convert_to: CycleGAN: ``"b"`` (A -> B, the default) or ``"a"`` (B -> A).
         padding: overlap on each side of a window, in pixels; default a quarter of the chip.
         batch_size: windows per forward pass (on the GPU when the model is there).
@@ -109,10 +111,12 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
 
 
 def as_translation(model, convert_to: str | None = None):
-    """``model`` (a Pix2Pix, a CycleGAN) as the one direction inference uses; a
-    :class:`toolkit.models.Translation` as it is (then ``convert_to`` must be ``None``)."""
-    from toolkit.models.base import Translation
+    """``model`` (a Pix2Pix, a CycleGAN, a saved model's path) as the one direction inference
+    uses; a :class:`toolkit.models.Translation` as it is (then ``convert_to`` must be ``None``)."""
+    from toolkit.models.translation import Translation, load_translation
 
+    if isinstance(model, (str, os.PathLike)):
+        return load_translation(model, convert_to)
     if not isinstance(model, Translation):
         return model.translation(**({"convert_to": convert_to} if convert_to is not None else {}))
     if convert_to is not None:
@@ -370,7 +374,7 @@ def _finish(model, block: np.ndarray, nodata_mask: np.ndarray, threshold, nodata
         values = model.to_target_units(block)
         values[:, nodata_mask] = np.nan
         return values
-    from toolkit.models.base import scores_to_classes
+    from toolkit.models.translation import scores_to_classes
 
     classes = scores_to_classes(model.to_target_units(block), model.target_norm.values, threshold)
     classes[nodata_mask] = nodata

@@ -5,8 +5,8 @@
 package, loads this file by its path and drives the class of the file's name, in this order:
 
 1. ``initialize(model=<.emd path or its JSON text>, device=<GPU id; -1: the CPU>)``: loads
-   the model with the toolkit (``toolkit.load_model``), which must be installed in Pro's
-   (cloned) Python environment;
+   the model with the toolkit (``toolkit.models.load_translation``, which needs no fastai), which
+   must be installed in Pro's (cloned) Python environment;
 2. ``getParameterInfo()``: ``raster``, ``model``, ``device``, then the model's own arguments:
    ``padding``, ``batch_size`` (4), ``test_time_augmentation``, ``threshold`` (mask models),
    ``direction`` (CycleGAN: ``"AtoB"`` translates domain A to B, ``"BtoA"`` B to A, as Esri's
@@ -37,7 +37,6 @@ Raster Function"). This file only needs numpy and the toolkit.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import warnings
@@ -197,7 +196,7 @@ class ArcGISImageTranslation:
                             "geospatial toolkit: image to image, or image to class mask.")
         self.json_info: dict | None = None
         self.emd_path: Path | None = None
-        self.model = None
+        self._two_way = False
         self.device = None
         self.translation = None
         self.extract_bands: list[int] = []
@@ -215,23 +214,24 @@ class ArcGISImageTranslation:
         if "model" not in kwargs:
             return
         self.json_info, self.emd_path = _read_emd(kwargs["model"])
-        try:
-            from toolkit import load_model
+        try:  # inference alone: torch, numpy, rasterio; no fastai (Pro's arcgis.learn has fastai 1)
+            from toolkit.models.specs import spec_of
+            from toolkit.models.translation import load_translation
         except ImportError as err:
             raise ImportError(f"{self.emd_path}: this model needs the Python package 'toolkit', which "
                               f"this Python environment lacks ({err}). {_INSTALL_HINT}") from err
         self.device = _torch_device(kwargs.get("device"))
-        self.model = load_model(self.emd_path, device=self.device)  # every forward pass runs there
+        self._load = load_translation
+        self._two_way = spec_of(self.json_info.get("ModelType")).two_way
+        self._directions = {}
         self.translation = self._translation("b")
 
-    @property
-    def _two_way(self) -> bool:
-        """Whether the model translates both ways (CycleGAN: ``translation(convert_to)``)."""
-        return "convert_to" in inspect.signature(self.model.translation).parameters
-
     def _translation(self, convert_to: str):
-        """One direction of the model, taking the bands Pro extracts (all of the block)."""
-        t = self.model.translation(convert_to) if self._two_way else self.model.translation()
+        """One direction of the model (loaded once), taking the bands Pro extracts (all of the block)."""
+        if convert_to not in self._directions:
+            t = self._load(self.emd_path, convert_to if self._two_way else None, device=self.device)
+            self._directions[convert_to] = t
+        t = self._directions[convert_to]
         self.extract_bands = list(t.extract_bands) if t.extract_bands else list(range(t.n_bands_in))
         return replace(t, extract_bands=None)  # Pro delivers only the extractBands
 
@@ -428,6 +428,6 @@ class ArcGISImageTranslation:
     def _classes(self, scores: np.ndarray) -> np.ndarray:
         """Class scores ``(classes, h, w)`` -> class values ``(h, w)``: the class of the highest
         score where it is at least ``threshold``, else 0 (as ``predict_raster(threshold=...)``)."""
-        from toolkit.models.base import scores_to_classes
+        from toolkit.models.translation import scores_to_classes
 
         return scores_to_classes(scores, self.translation.target_norm.values, self.threshold)

@@ -10,21 +10,22 @@ Unpaired (CycleGAN) folders, ``A/`` + ``B/`` or ``trainA/`` + ``trainB/``, give
 Parts a user can also use alone: :func:`index_folder` (layout detection and pairing),
 :func:`index_unpaired` (two domains), :class:`ChipPairDataset` / :class:`UnpairedDataset`
 (chips -> tensors), :class:`BandNorm` / :class:`MaskEncoding` (band values <-> [-1, 1]).
+
+Names are imported from their modules when first used, so a fastai-free module of this package
+(``layouts``, ``normalization``, ``chips``, ``split``) can be imported without fastai.
 """
 
-from toolkit.data.dataset import ChipPairDataset, read_image, read_pair
-from toolkit.data.layouts import (CLASSIFIED_TILES, CYCLEGAN, DATASET_TYPES, PIX2PIX,
-                                  UNPAIRED_DATASET_TYPES, ChipDomain, ChipFolder, ChipPair,
-                                  UnpairedFolder, index_folder, index_unpaired, unpaired_layout)
-from toolkit.data.loaders import ChipDataLoaders, default_num_workers, prepare_data
-from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
-from toolkit.data.split import split_by_area, split_pairs
-from toolkit.data.unpaired import UnpairedDataLoaders, UnpairedDataset
+from toolkit._lazy import lazy_exports
 
-__all__ = [
-    "CLASSIFIED_TILES", "CYCLEGAN", "DATASET_TYPES", "PIX2PIX", "UNPAIRED_DATASET_TYPES", "BandNorm",
-    "ChipDataLoaders", "ChipDomain", "ChipFolder", "ChipPair", "ChipPairDataset", "MaskEncoding",
-    "UnpairedDataLoaders", "UnpairedDataset", "UnpairedFolder", "default_num_workers",
-    "index_folder", "index_unpaired", "prepare_data", "read_image", "read_pair", "split_by_area", "split_pairs",
-    "target_from_dict", "unpaired_layout",
-]
+_EXPORTS = {
+    "toolkit.data.dataset": ("ChipPairDataset", "read_image", "read_pair"),
+    "toolkit.data.layouts": ("CLASSIFIED_TILES", "CYCLEGAN", "DATASET_TYPES", "PIX2PIX", "UNPAIRED_DATASET_TYPES",
+                             "ChipDomain", "ChipFolder", "ChipPair", "UnpairedFolder", "index_folder",
+                             "index_unpaired", "unpaired_layout"),
+    "toolkit.data.loaders": ("ChipDataLoaders", "default_num_workers", "prepare_data"),
+    "toolkit.data.normalization": ("BandNorm", "MaskEncoding", "target_from_dict"),
+    "toolkit.data.split": ("split_by_area", "split_pairs"),
+    "toolkit.data.unpaired": ("UnpairedDataLoaders", "UnpairedDataset"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__, __getattr__, __dir__ = lazy_exports('toolkit.data', _WHERE, globals())

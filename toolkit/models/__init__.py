@@ -9,17 +9,23 @@ Every model is a :class:`TranslationModel` (training, saving, inference); a mode
 networks and losses and registers itself (:func:`register`). Parts a user can also use alone:
 :class:`UNetGenerator`, :class:`ResnetGenerator`, :class:`PatchDiscriminator`,
 :class:`GANTrainer` and :class:`CycleGANTrainer` (the fastai callbacks that own the
-discriminators), :class:`ImagePool`.
+discriminators), :class:`ImagePool`. Inference alone, without fastai:
+:func:`load_translation` (a saved model's direction for ``predict_raster``).
+
+Names are imported from their modules when first used, so the fastai-free modules (``specs``,
+``translation``, ``networks``, ``model_folder``, ``arcgis_learn``) can be imported without fastai.
 """
 
-from toolkit.models.base import MODEL_TYPES, Translation, TranslationModel, load_model, register
-from toolkit.models.gan import DiscriminatorStep, GANTrainer, History, Pix2PixLoss
-from toolkit.models.networks import (SUPPORTED_BACKBONES, PatchDiscriminator, ResnetGenerator,
-                                     UNetGenerator, backbone_generator, init_weights, unet_depth)
-from toolkit.models.pix2pix import Pix2Pix
-from toolkit.models.cyclegan import CycleGAN, CycleGANTrainer, ImagePool  # noqa: E402  (after Pix2Pix: registry order)
+from toolkit._lazy import lazy_exports
 
-__all__ = ["CycleGAN", "CycleGANTrainer", "DiscriminatorStep", "GANTrainer", "History", "ImagePool",
-           "MODEL_TYPES", "PatchDiscriminator", "Pix2Pix", "Pix2PixLoss", "ResnetGenerator",
-           "SUPPORTED_BACKBONES", "Translation", "TranslationModel", "UNetGenerator",
-           "backbone_generator", "init_weights", "load_model", "register", "unet_depth"]
+_EXPORTS = {
+    "toolkit.models.base": ("MODEL_TYPES", "TranslationModel", "load_model", "register"),
+    "toolkit.models.translation": ("Translation", "load_translation"),
+    "toolkit.models.gan": ("DiscriminatorStep", "GANTrainer", "History", "Pix2PixLoss"),
+    "toolkit.models.networks": ("SUPPORTED_BACKBONES", "PatchDiscriminator", "ResnetGenerator", "UNetGenerator",
+                                "backbone_generator", "init_weights", "unet_depth"),
+    "toolkit.models.pix2pix": ("Pix2Pix",),
+    "toolkit.models.cyclegan": ("CycleGAN", "CycleGANTrainer", "ImagePool"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__, __getattr__, __dir__ = lazy_exports('toolkit.models', _WHERE, globals())

@@ -24,10 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -37,17 +36,14 @@ from torch import nn
 
 from toolkit import __version__, ddp
 from toolkit._fastai import quiet_import
-from toolkit._fs import (atomic_file, check_not_input, check_output_file, check_output_folder,
-                         check_writable_folder)
-from toolkit.data.chips import read_chip
-from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding, target_from_dict
+from toolkit._fs import check_not_input, check_output_folder, check_writable_folder
+from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
 from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
 from toolkit.models.emd_schema import check_state_fits, check_weights_fit
 from toolkit.models.gan import History, loss_metrics
 from toolkit.models.model_folder import read_model_folder, write_model_folder
 from toolkit.models.networks import init_weights
-from toolkit.raster import is_toolkit_raster, write_raster
-from toolkit.stats import band_validity, check_band_coverage
+from toolkit.models.translation import Translation, run_network, size_tuple
 
 with quiet_import():
     from fastai.callback.fp16 import MixedPrecision
@@ -73,7 +69,8 @@ def register(cls: type[TranslationModel]) -> type[TranslationModel]:
 
 def model_class(model_type: str) -> type[TranslationModel]:
     """The registered class for an ``.emd`` ModelType; ``KeyError`` when there is none."""
-    import toolkit.models  # noqa: F401  (registers the toolkit's models)
+    import toolkit.models.cyclegan  # noqa: F401  (registers the toolkit's models)
+    import toolkit.models.pix2pix  # noqa: F401
 
     return MODEL_TYPES[model_type]
 
@@ -83,140 +80,6 @@ def load_model(path: str | os.PathLike, data=None, **kwargs) -> TranslationModel
     ``load_model("m.dlpk")`` gives a :class:`toolkit.Pix2Pix` or a :class:`toolkit.CycleGAN`.
     ``data`` and ``kwargs`` as for that class's ``from_model``."""
     return TranslationModel.from_model(path, data, **kwargs)  # the base picks the class
-
-
-# --- inference: the one interface predict and predict_raster use --------------------------------
-
-
-@dataclass
-class Translation(BandCounts):
-    """One direction of a model, as inference sees it: normalised input bands in, target units out.
-
-    :func:`toolkit.inference.predict_raster`, ``predict`` and distributed workers use nothing
-    else of a model. ``forward`` maps normalised ``(n, bands_in, h, w)`` float32 in [-1, 1] to
-    the generator's ``(n, bands_out, h, w)`` in [-1, 1]; :meth:`generate` adds test-time
-    augmentation, :meth:`to_target_units` the way back to band values or class scores.
-    """
-
-    forward: Callable[[np.ndarray], np.ndarray]
-    input_norm: BandNorm
-    target_norm: BandNorm | MaskEncoding
-    chip_size: tuple[int, int]  # (width, height) of the chips the model was trained on
-    extract_bands: list[int] | None = None  # 0-based bands of the input raster to use
-    cell_size: tuple[float, float] | None = None  # training ground pixel size, CRS units
-    source_files: tuple[Path, ...] = ()  # the model's own files: never written over
-    footprint_settings: dict | None = None
-    name: str = "model"  # for messages
-    convert_to: str | None = None  # the direction, on models that have two (CycleGAN "a"/"b")
-
-    @property
-    def is_mask(self) -> bool:
-        return isinstance(self.target_norm, MaskEncoding)
-
-    def generate(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
-        """``forward`` on ``x``; with ``tta``, the mean of its outputs for the 8 dihedral
-        transforms of each input (identity, rotations by 90, 180 and 270 degrees, and the
-        horizontal flip of each), each output turned back first. Inputs that are not square get
-        the 4 transforms that keep their shape (identity, 180 degrees, the two flips). All
-        transforms of the ``n`` inputs run as one batch of ``8 * n`` (or ``4 * n``)."""
-        if not tta:
-            return self.forward(x)
-        x = np.asarray(x)
-        n = len(x)
-        transforms = _dihedral(x.shape[-2] == x.shape[-1])
-        out = self.forward(np.concatenate([_transform(x, k, flip) for k, flip in transforms]))
-        mean = np.zeros((n, *out.shape[1:2], *x.shape[-2:]), np.float32)
-        for i, (k, flip) in enumerate(transforms):
-            mean += _untransform(out[i * n:(i + 1) * n], k, flip)
-        return mean / np.float32(len(transforms))
-
-    def to_target_units(self, out: np.ndarray) -> np.ndarray:
-        """Generator output in [-1, 1] -> target units: band values for image targets, class
-        scores in [0, 1] (one band per class; 0.5 is the decision threshold) for mask targets."""
-        if self.is_mask:
-            return ((np.asarray(out, np.float32) + 1.0) / 2.0).astype(np.float32)
-        return self.target_norm.denormalize(out)
-
-    def predict(self, image: str | os.PathLike | np.ndarray, output: str | os.PathLike | None = None,
-                *, transform=None, crs=None, overwrite: bool = False, tta: bool = False) -> np.ndarray:
-        """Translate one chip of any size (a chip file, or ``(bands, h, w)`` in input units) into
-        float32 ``(bands_out, h, w)`` in target units, NaN where the input is nodata; with
-        ``output``, also written there as a GeoTIFF with the chip's CRS and transform."""
-        nodata = None
-        if output is not None:
-            inputs = [image] if isinstance(image, (str, os.PathLike)) else []
-            check_not_input(output, inputs + list(self.source_files), role="output")
-            check_output_file(output, overwrite=overwrite, role="output", owned=is_toolkit_raster,
-                              what="a prediction")
-        if isinstance(image, (str, os.PathLike)):
-            path = Path(image)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such chip.")
-            data, nodata = read_chip(path)
-            if output is not None and (transform is None or crs is None):
-                import rasterio
-
-                with rasterio.open(path) as src:
-                    transform = src.transform if transform is None else transform
-                    crs = src.crs if crs is None else crs
-        else:
-            data = np.asarray(image)
-            if data.ndim == 2:
-                data = data[np.newaxis]
-        if self.extract_bands:
-            data = data[self.extract_bands]
-        if data.ndim != 3 or data.shape[0] != self.n_bands_in:
-            raise ValueError(f"the {self.name} takes {self.n_bands_in} band(s) (bands, height, width); "
-                             f"got an array of shape {data.shape}.")
-        source = image if isinstance(image, (str, os.PathLike)) else "image"
-        result = self.predict_chips(data[np.newaxis], nodata=nodata, tta=tta, source=source)[0]
-        if output is not None:
-            with atomic_file(output) as tmp:
-                write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan, output_of="predict")
-        return result
-
-
-    def predict_chips(self, chips: np.ndarray, *, nodata=None, tta: bool = False, source="image") -> np.ndarray:
-        """Translate ``n`` chips ``(n, bands, h, w)`` of the model's input bands, in input units,
-        in one batch: float32 ``(n, bands_out, h, w)`` in target units, NaN where a chip's pixel
-        is nodata in every band (``nodata``: the input's nodata value; NaN always counts).
-        ``ValueError`` naming ``source`` when a band of a chip holds no valid pixel."""
-        xs, blank = [], []
-        for chip in chips:
-            valid = band_validity(chip, nodata)
-            check_band_coverage(valid, source)
-            xs.append(self.input_norm.normalize(chip, valid))
-            blank.append(~valid.any(axis=0))
-        result = self.to_target_units(self.generate(np.stack(xs), tta=tta))
-        for out, empty in zip(result, blank):
-            out[:, empty] = np.nan
-        return result
-
-
-def scores_to_classes(scores: np.ndarray, values, threshold: float) -> np.ndarray:
-    """Class scores ``(classes, h, w)`` in [0, 1] -> class values ``(h, w)``: the value of the
-    class with the highest score where that score is at least ``threshold``, else 0. NaN scores
-    never win."""
-    scores = np.where(np.isnan(scores), -np.inf, scores)
-    best = scores.argmax(axis=0)
-    return np.where(scores.max(axis=0) >= threshold, np.asarray(values, dtype=np.int64)[best], 0)
-
-
-def _dihedral(square: bool) -> list[tuple[int, bool]]:
-    """Test-time transforms as ``(quarter turns, horizontal flip after the turns)``: the 8 of the
-    dihedral group for square inputs, the 4 that keep the shape for the others."""
-    return [(k, flip) for k in ((0, 1, 2, 3) if square else (0, 2)) for flip in (False, True)]
-
-
-def _transform(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    x = np.rot90(x, k, axes=(-2, -1))
-    return x[..., ::-1] if flip else x
-
-
-def _untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """The inverse of :func:`_transform`: an output of a transformed input back on the input's grid."""
-    y = y[..., ::-1] if flip else y
-    return np.rot90(y, -k, axes=(-2, -1))
 
 
 def one_image(image, alias, name: str):
@@ -235,11 +98,6 @@ def progress(iterable, show: bool):
     return progress_bar(iterable)
 
 
-def size_tuple(size) -> tuple[int, int]:
-    """A chip size as ``(width, height)``."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 # --- the base ------------------------------------------------------------------------------------
 
 
@@ -255,28 +113,14 @@ class TranslationModel:
 
     model_type: ClassVar[str]
     checkpoint_name: ClassVar[str]
-    config_rules: ClassVar[dict]
-    required_networks: ClassVar[tuple[str, ...]] = ("generator",)
     default_lr: ClassVar[float] = 2e-4
     # (y label, [(recorded name, legend)]) per panel of plot_losses
     loss_panels: ClassVar[list[tuple[str, list[tuple[str, str]]]]] = []
     schedules: ClassVar[tuple[str, ...]] = ("linear", "linear_decay")
 
     # --- what a model supplies -------------------------------------------------------------------
-
-    @classmethod
-    def build_networks(cls, config: dict, **kwargs) -> dict[str, nn.Module]:
-        """The model's networks by name, as ``config`` describes them, without weight init."""
-        raise NotImplementedError
-
-    @classmethod
-    def describe_networks(cls, config: dict) -> str:
-        """The networks of ``config`` in a few words, for messages."""
-        return cls.model_type
-
-    @classmethod
-    def validate_config(cls, config: dict, source) -> None:
-        """Checks of a saved config beyond its ``config_rules`` (``ValueError`` naming ``source``)."""
+    # (with its spec, :mod:`toolkit.models.specs`, which comes first in its bases: config_rules,
+    # required_networks, build_networks, describe_networks, validate_config, direction)
 
     def _make_trainer(self):
         raise NotImplementedError
@@ -740,18 +584,8 @@ class TranslationModel:
         return isinstance(self.target_norm, MaskEncoding)
 
     def _run(self, net: nn.Module, x: np.ndarray) -> np.ndarray:
-        """One forward pass of ``net`` on a normalised numpy batch: eval mode, no gradients,
-        mixed precision on CUDA; float32 numpy out."""
-        net.eval()
-        with torch.no_grad(), self._autocast():
-            out = net(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        return out.float().cpu().numpy()
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast("cpu", enabled=False)
+        """One forward pass of ``net`` on a normalised numpy batch (:func:`run_network`)."""
+        return run_network(net, x, self.device)
 
     def _translation(self, forward, input_norm, target_norm, name: str, **kwargs) -> Translation:
         c = self.config

@@ -33,14 +33,12 @@ from torch import nn
 from toolkit import viz
 from toolkit.metrics import Scores, psnr, ssim
 from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
-from toolkit.models.emd_schema import Rule, check_arcgis_channels, common_config_rules, integer, number
 from toolkit.models.gan import DiscriminatorStep, Pix2PixLoss
-from toolkit.models.networks import PadBands, PatchDiscriminator, ResnetGenerator
+from toolkit.models.specs import DIRECTIONS, CycleGANSpec  # noqa: F401  (DIRECTIONS: cyclegan's names)
 
 __all__ = ["CycleGAN", "CycleGANTrainer", "ImagePool"]
 
 CYCLEGAN = "CycleGAN"
-DIRECTIONS = ("b", "a")  # convert_to: "b" runs G_AB (A -> B), "a" runs G_BA
 
 
 class ImagePool:
@@ -176,7 +174,7 @@ class CycleGANTrainer(DiscriminatorStep):
 
 
 @register
-class CycleGAN(TranslationModel):
+class CycleGAN(CycleGANSpec, TranslationModel):
     """CycleGAN: translation between two domains learned from unpaired chips.
 
     Args:
@@ -201,20 +199,6 @@ class CycleGAN(TranslationModel):
 
     model_type = CYCLEGAN
     checkpoint_name = "cyclegan"
-    required_networks = ("generator_ab", "generator_ba")
-    config_rules = common_config_rules((CYCLEGAN,)) | {
-        "gen_blocks": Rule("an integer from 0 to 64", lambda v: integer(v, 0, 64)),
-        "norm": Rule("'batch' or 'instance'", lambda v: v in ("batch", "instance")),
-        "lsgan": Rule("true or false", lambda v: isinstance(v, bool)),
-        **{k: Rule("a number >= 0", lambda v: number(v, low=0))
-           for k in ("lambda_A", "lambda_B", "lambda_identity")},
-        "identity": Rule("true or false", lambda v: isinstance(v, bool)),
-        "pool_size": Rule("an integer >= 0", lambda v: integer(v, 0)),
-        "cell_size_b": Rule("null or a list of two numbers > 0",
-                            lambda v: v is None or (isinstance(v, list) and len(v) == 2
-                                                    and all(number(x) and x > 0 for x in v)),
-                            required=False),
-    }
     loss_panels = [("cycle L1 (in [-1, 1] units)", [("valid_loss", "validation cycle L1 (mean of A, B)")]),
                    ("weighted training losses", [("gen_loss", "G adversarial (both)"),
                                                  ("cycle_loss", "cycle"), ("identity_loss", "identity")]),
@@ -253,30 +237,6 @@ class CycleGAN(TranslationModel):
 
     # --- what the base needs -----------------------------------------------------------------------
 
-    @classmethod
-    def build_networks(cls, config: dict) -> dict[str, nn.Module]:
-        """``{"generator_ab", "generator_ba", "discriminator_a", "discriminator_b"}``."""
-        n_a, n_b = config["n_bands_in"], config["n_bands_out"]
-        gen = dict(ngf=config["ngf"], n_blocks=config["gen_blocks"], norm=config["norm"])
-        disc = dict(ndf=config["ndf"], norm=config["norm"])
-        if config.get("architecture") == "arcgis":  # arcgis.learn's: every network on n_channel bands
-            nc = config["n_channel"]
-            return {"generator_ab": PadBands(ResnetGenerator(nc, nc, **gen), [n_a], nc, n_b),
-                    "generator_ba": PadBands(ResnetGenerator(nc, nc, **gen), [n_b], nc, n_a),
-                    "discriminator_a": PadBands(PatchDiscriminator(nc, **disc), [n_a], nc),
-                    "discriminator_b": PadBands(PatchDiscriminator(nc, **disc), [n_b], nc)}
-        return {"generator_ab": ResnetGenerator(n_a, n_b, **gen), "generator_ba": ResnetGenerator(n_b, n_a, **gen),
-                "discriminator_a": PatchDiscriminator(n_a, **disc), "discriminator_b": PatchDiscriminator(n_b, **disc)}
-
-    @classmethod
-    def validate_config(cls, config: dict, source) -> None:
-        check_arcgis_channels(config, source)
-
-    @classmethod
-    def describe_networks(cls, config: dict) -> str:
-        return (f"ResNet generators of {config['gen_blocks']} blocks, ngf {config['ngf']}, "
-                f"PatchGANs ndf {config['ndf']}")
-
     def _make_trainer(self) -> CycleGANTrainer:
         c = self.config
         return CycleGANTrainer(self.discriminator_a, self.discriminator_b, lambda_a=c["lambda_A"],
@@ -308,18 +268,13 @@ class CycleGAN(TranslationModel):
     # --- inference ---------------------------------------------------------------------------------
 
     def translation(self, convert_to: str = "b") -> Translation:
-        """One direction as :func:`toolkit.inference.predict_raster` uses it: ``"b"`` runs
-        ``G_AB`` on domain A's bands into domain B's units, ``"a"`` the other way."""
-        given = convert_to
-        convert_to = convert_to.lower() if isinstance(convert_to, str) else convert_to  # arcgis: "A"/"B" too
-        if convert_to not in DIRECTIONS:
-            raise ValueError(f"convert_to must be 'b' (A -> B) or 'a' (B -> A), got {given!r}.")
-        if convert_to == "b":
-            return self._translation(lambda x: self._run(self.generator_ab, x), self.input_norm,
-                                     self.target_norm, "model (A -> B)", convert_to="b")
-        return self._translation(lambda x: self._run(self.generator_ba, x), self.target_norm,
-                                 self.input_norm, "model (B -> A)", cell_size=self.config.get("cell_size_b"),
-                                 convert_to="a")
+        """One direction as :func:`toolkit.inference.predict_raster` uses it: ``"b"`` (or
+        ``"B"``) runs ``G_AB`` on domain A's bands into domain B's units, ``"a"`` the other way."""
+        network, swap, cell_key, name, convert_to = self.direction(self.config, convert_to)
+        net = getattr(self, network)
+        norms = (self.target_norm, self.input_norm) if swap else (self.input_norm, self.target_norm)
+        return self._translation(lambda x: self._run(net, x), *norms, name,
+                                 cell_size=self.config.get(cell_key), convert_to=convert_to)
 
     def generate(self, x: np.ndarray, convert_to: str = "b", tta: bool = False) -> np.ndarray:
         """Normalised ``(n, bands, h, w)`` of the source domain in [-1, 1] -> the other domain's

@@ -3,14 +3,15 @@
 Two checks, both raising ``ValueError`` that names the file:
 
 * :func:`validate_emd`: the ``.emd`` against the keys the toolkit writes and reads back
-  (``TranslationModel._emd``, the model class's ``config_rules`` for its ``Toolkit.config``,
-  ``BandNorm.to_dict`` / ``MaskEncoding.to_dict``). The class is the one registered for the
-  ``.emd``'s ``ModelType`` (:func:`toolkit.models.base.register`). Errors give the key path and what was expected::
+  (``TranslationModel._emd``, the ``config_rules`` of the ``.emd``'s ``ModelType`` for its
+  ``Toolkit.config`` (:mod:`toolkit.models.specs`), ``BandNorm.to_dict`` /
+  ``MaskEncoding.to_dict``). Errors give the key path and what was expected::
 
       model.emd: Toolkit.config.ngf is '8' (a string); expected an integer >= 1.
 
   arcgis.learn's own keys (``ImageHeight``, ``NormalizationStats``...) are written for ArcGIS
-  and never read back, so they are not checked; unknown keys are allowed.
+  and never read back, so they are not checked; unknown keys are allowed. (An ``.emd`` that
+  arcgis.learn wrote is first turned into the toolkit's form, :mod:`toolkit.models.arcgis_learn`.)
 * :func:`check_weights_fit`: the networks the config describes, built on torch's ``meta``
   device (shapes only, no memory), against every tensor of the weights file; so an ``.emd``
   saying ``ngf=100000`` is refused in milliseconds instead of allocating terabytes.
@@ -162,16 +163,13 @@ def validate_emd(emd, source) -> None:
     """Raise ``ValueError`` naming ``source`` and the key path unless ``emd`` (the parsed JSON) is
     an ``.emd`` of a model the toolkit knows (its ``ModelType``) whose toolkit keys the loader
     can use; return nothing otherwise."""
-    from toolkit.models.base import MODEL_TYPES, model_class
+    from toolkit.models.specs import SPECS
 
     if not isinstance(emd, dict):
         fail(source, "the .emd", "a JSON object", emd)
-    known = " or ".join(repr(t) for t in MODEL_TYPES) or "a registered model type"
+    known = " or ".join(repr(t) for t in SPECS)
     model_type = emd.get("ModelType")
-    try:
-        cls = model_class(model_type) if isinstance(model_type, str) else None
-    except KeyError:
-        cls = None
+    cls = SPECS.get(model_type) if isinstance(model_type, str) else None
     if cls is None:
         fail(source, "ModelType", f"{known} (a model saved by this toolkit)", model_type,
              missing="ModelType" not in emd)
@@ -249,9 +247,9 @@ def check_weights_fit(config: dict, weights, source, model_type: str = "Pix2Pix"
     """Raise ``ValueError`` naming ``source`` unless ``weights`` fit the networks of ``config``
     (a validated ``Toolkit.config`` of a ``model_type`` model), tensor by tensor; the networks
     are built on the meta device, so this costs no memory and runs before anything real is built."""
-    from toolkit.models.base import model_class
+    from toolkit.models.specs import spec_of
 
-    cls = model_class(model_type)
+    cls = spec_of(model_type)
     with torch.device("meta"):
         networks = cls.build_networks(config)
     check_state_fits(networks, weights, source,

@@ -28,13 +28,10 @@ from torch import nn
 from toolkit import viz
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
 from toolkit.metrics import Scores, confusion, object_counts, psnr, scores_from_confusion, ssim
-from toolkit.models.base import Translation, TranslationModel, one_image, progress, register, size_tuple
-from toolkit.models.emd_schema import (MAX_DEPTH, Rule, check_arcgis_channels, common_config_rules, fail,
-                                      integer, number)
+from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
 from toolkit.models.gan import DiscriminatorFeatureLoss, GANTrainer, PerceptualLoss, Pix2PixLoss
-from toolkit.models.networks import (SUPPORTED_BACKBONES, ArcGISPatchDiscriminator, ArcGISUNetGenerator,
-                                     PadBands, PatchDiscriminator, UNetGenerator, backbone_generator,
-                                     init_weights, unet_depth)
+from toolkit.models.networks import SUPPORTED_BACKBONES, init_weights, unet_depth
+from toolkit.models.specs import Pix2PixSpec
 
 __all__ = ["Pix2Pix"]
 
@@ -43,7 +40,7 @@ RECORDED = ["valid_loss", "train_loss", "gen_loss", "l1_loss", "d_loss"]  # per 
 
 
 @register
-class Pix2Pix(TranslationModel):
+class Pix2Pix(Pix2PixSpec, TranslationModel):
     """Pix2pix image-to-image translation: U-Net generator, 70x70 PatchGAN discriminator.
 
     Args:
@@ -79,21 +76,6 @@ class Pix2Pix(TranslationModel):
 
     model_type = "Pix2Pix"
     checkpoint_name = "pix2pix"
-    required_networks = ("generator",)
-    config_rules = common_config_rules(("Pix2Pix", "Classified_Tiles")) | {
-        "backbone": Rule(f"null or one of {list(SUPPORTED_BACKBONES)}",
-                         lambda v: v is None or v in SUPPORTED_BACKBONES),
-        "depth": Rule(f"null (with a backbone) or an integer from 2 to {MAX_DEPTH}",
-                      lambda v: v is None or integer(v, 2, MAX_DEPTH)),
-        "norm": Rule("'batch' or 'instance'", lambda v: v in ("batch", "instance")),
-        "lambda_l1": Rule("a number >= 0", lambda v: number(v, low=0)),
-        "gan_weight": Rule("a number >= 0", lambda v: number(v, low=0)),
-        "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
-        "perceptual_loss": Rule("true or false", lambda v: isinstance(v, bool), required=False),
-        "lambda_perceptual": Rule("a number >= 0", lambda v: number(v, low=0), required=False),
-        "perceptual_kind": Rule("null, 'discriminator' or 'vgg16'", lambda v: v in (None, "discriminator", "vgg16"),
-                                required=False),
-    }
     loss_panels = [("L1 (in [-1, 1] units)", [("l1_loss", "train L1"), ("valid_loss", "validation L1")]),
                    ("BCE", [("gen_loss", "G adversarial"), ("d_loss", "D")])]
     supported_backbones = [None, *SUPPORTED_BACKBONES]
@@ -148,40 +130,6 @@ class Pix2Pix(TranslationModel):
             self._load_saved(pretrained)
 
     # --- what the base needs -----------------------------------------------------------------------
-
-    @classmethod
-    def build_networks(cls, config: dict, *, backbone_weights=None) -> dict[str, nn.Module]:
-        """``{"generator", "discriminator"}`` as ``config`` describes them, without the paper's
-        weight init; on the meta device for checking a saved model's weights."""
-        n_in, n_out = config["n_bands_in"], config["n_bands_out"]
-        if config.get("architecture") == "arcgis":  # arcgis.learn's layout, both sides n_channel bands
-            nc = config["n_channel"]
-            return {"generator": PadBands(ArcGISUNetGenerator(nc, nc), [n_in], nc, n_out),
-                    "discriminator": PadBands(ArcGISPatchDiscriminator(2 * nc), [n_in, n_out], nc)}
-        if config["backbone"]:
-            generator = backbone_generator(config["backbone"], n_in, n_out, size_tuple(config["chip_size"]),
-                                           weights=backbone_weights)
-        else:
-            generator = UNetGenerator(n_in, n_out, depth=config["depth"], ngf=config["ngf"], norm=config["norm"])
-        return {"generator": generator,
-                "discriminator": PatchDiscriminator(n_in + n_out, ndf=config["ndf"], norm=config["norm"])}
-
-    @classmethod
-    def describe_networks(cls, config: dict) -> str:
-        if config.get("architecture") == "arcgis":
-            return f"arcgis.learn's U-Net (8 down) and PatchGAN, {config['n_channel']} channels"
-        net = f"{config['backbone']} U-Net" if config["backbone"] else \
-            f"U-Net depth {config['depth']}, ngf {config['ngf']}"
-        return f"{net}, PatchGAN ndf {config['ndf']}"
-
-    @classmethod
-    def validate_config(cls, config: dict, source) -> None:
-        check_arcgis_channels(config, source)
-        if config.get("architecture") == "arcgis" and config["backbone"] is not None:
-            fail(source, "Toolkit.config.backbone", "null (arcgis.learn's layout has its own U-Net)",
-                 config["backbone"])
-        if config["backbone"] is None and config["depth"] is None:
-            fail(source, "Toolkit.config.depth", f"an integer from 2 to {MAX_DEPTH} (no backbone)", None)
 
     def _init_networks(self) -> None:
         if not self.config["backbone"]:  # a backbone keeps torchvision's init (or its weights)
