@@ -169,3 +169,32 @@ def test_what_the_toolkit_cannot_build_is_named(saved, tmp_path):
     (folder / "fixture_pix2pix.emd").unlink()
     with pytest.raises(FileNotFoundError, match="fixture_pix2pix.emd must sit beside them"):
         load_model(folder / "fixture_pix2pix.pth")
+
+
+def test_the_arcgis_recipe_saves_what_arcgis_learn_saves(arcgis_fixtures, rotterdam_pairs, tmp_path):
+    """Pix2Pix(data, recipe="arcgis") trains arcgis.learn's networks and losses and saves its
+    .emd keys and .pth tensor names and shapes (4 -> 1 bands, as the fixture); the toolkit
+    loads the result back."""
+    import json
+
+    import torch
+
+    torch.manual_seed(0)
+    data = prepare_data(rotterdam_pairs, batch_size=8, seed=0, working_dir=tmp_path)
+    model = Pix2Pix(data, recipe="arcgis")
+    assert model.data.input_norm.scaling == "minmax" and model.learn.opt_func.keywords["sqr_mom"] == 0.99
+    model.fit(1, 2e-4, checkpoint=False)
+    assert all(np.isfinite(model.history[0][k]) for k in ("gen_loss", "l1_loss", "d_loss"))
+    folder = model.save("arcgis_recipe").parent
+    saved = torch.load(folder / "arcgis_recipe.pth", weights_only=True)
+    fixture = json.loads((arcgis_fixtures / "fixture_pix2pix.state.json").read_text())["keys"]
+    assert [(k, list(v.shape)) for k, v in saved.items()] == [(e["key"], e["shape"]) for e in fixture]
+    emd = json.loads((folder / "arcgis_recipe.emd").read_text())
+    reference = json.loads((arcgis_fixtures / "fixture_pix2pix.emd").read_text())
+    assert set(reference) <= set(emd)
+    for key in ("Framework", "ModelConfiguration", "ModelType", "n_intput_channel", "n_channel", "ModelFormat",
+                "SupportsVariableTileSize", "ImageryType", "IsMultispectral", "backbone", "perceptual_loss"):
+        assert emd[key] == reference[key], key
+    assert emd["NormalizationStats"]["band_min_values"] == model.input_norm.min
+    chip = sorted((rotterdam_pairs / "images").glob("*.tif"))[0]
+    np.testing.assert_allclose(load_model(folder, device="cpu").predict(chip), model.predict(chip), atol=1e-5)

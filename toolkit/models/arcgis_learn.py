@@ -24,14 +24,15 @@ from __future__ import annotations
 import math
 import warnings
 
-__all__ = ["ARCGIS_FRAMEWORK", "is_arcgis_emd", "toolkit_emd", "toolkit_weights"]
+__all__ = ["ARCGIS_FRAMEWORK", "arcgis_emd", "arcgis_weights", "is_arcgis_emd", "toolkit_emd", "toolkit_weights"]
 
 ARCGIS_FRAMEWORK = "arcgis.learn.models._inferencing"
 SUPPORTED = ("Pix2Pix", "CycleGAN")
-# arcgis.learn's network names -> the toolkit's (CycleGAN's G_B makes B from A)
-_NETWORKS = {"Pix2Pix": {"G": "generator", "D": "discriminator"},
-             "CycleGAN": {"G_B": "generator_ab", "G_A": "generator_ba", "D_A": "discriminator_a",
-                          "D_B": "discriminator_b"}}
+# arcgis.learn's network names -> the toolkit's (CycleGAN's G_B makes B from A), in the order of
+# arcgis.learn's state dicts
+_NETWORKS = {"Pix2Pix": {"D": "discriminator", "G": "generator"},
+             "CycleGAN": {"D_A": "discriminator_a", "D_B": "discriminator_b", "G_A": "generator_ba",
+                          "G_B": "generator_ab"}}
 
 
 def is_arcgis_emd(emd) -> bool:
@@ -111,7 +112,7 @@ def toolkit_emd(emd: dict, source) -> dict:
         config |= {"dataset_type": "Pix2Pix", "backbone": None, "depth": 8, "lambda_l1": 100.0,
                    "gan_weight": 1.0, "class_balance": False,
                    # arcgis.learn's perceptual loss is not the toolkit's VGG one; inference needs neither
-                   "perceptual_loss": False}
+                   "perceptual_loss": False, "recipe": "arcgis"}
     else:
         blocks = params.get("gen_blocks", 9)
         config |= {"dataset_type": "CycleGAN", "gen_blocks": int(blocks) if isinstance(blocks, int) else 9,
@@ -155,3 +156,60 @@ def toolkit_weights(emd: dict, state, source) -> dict:
                       "(inference needs only the generator; training further starts a new "
                       "discriminator).", stacklevel=3)
     return {name: sd for name, sd in out.items() if sd}
+
+
+# --- the other way: a model trained with Pix2Pix(recipe="arcgis"), saved as arcgis.learn saves ---
+
+def arcgis_weights(model_type: str, weights: dict) -> dict:
+    """The toolkit's ``{"generator": ..., "discriminator": ...}`` (arcgis.learn's layout, see
+    :func:`toolkit_weights`) -> arcgis.learn's flat state dict (``G.down1.model.0.weight``...).
+    Anything else in ``weights`` (history, config, optimizer states) stays out: arcgis.learn
+    loads the file with ``load_state_dict(strict=True)``."""
+    flat = {}
+    for head, name in _NETWORKS[model_type].items():
+        for key, tensor in (weights.get(name) or {}).items():
+            rest = key[len("net."):] if key.startswith("net.") else key
+            if model_type == "CycleGAN":
+                rest = rest[len("model."):].replace(".block.", ".conv_block.")
+            flat[f"{head}.{rest}"] = tensor
+    return flat
+
+
+def _arcgis_stats(norm: dict) -> dict:
+    return {"band_min_values": norm["min"], "band_max_values": norm["max"], "band_mean_values": norm["mean"],
+            "band_std_values": norm["std"], "scaled_min_values": None, "scaled_max_values": None,
+            "scaled_mean_values": None, "scaled_std_values": None}
+
+
+def arcgis_emd(emd: dict, name: str, save_inference_file: bool = True) -> dict:
+    """A toolkit ``.emd`` of an ``architecture: "arcgis"`` Pix2Pix -> the ``.emd`` arcgis.learn
+    2.4.4's ``Pix2Pix.save`` writes (its keys, its meanings), with the toolkit's own section kept
+    (``Toolkit``, which arcgis.learn ignores; its ``weights_format`` tells the toolkit that the
+    ``.pth`` holds arcgis.learn's tensor names). ``save_inference_file=False`` names Pro's
+    built-in function, as arcgis.learn does."""
+    toolkit = emd["Toolkit"]
+    c = toolkit["config"]
+    bands = list(range(c["n_bands_in"]))
+    extract = c.get("extract_bands") or bands
+    cell = c.get("cell_size")
+    metrics = toolkit.get("metrics") or {}
+    out = {
+        "Framework": ARCGIS_FRAMEWORK, "ModelConfiguration": "_pix2pix", "perceptual_loss": False, "backbone": None,
+        "InferenceFunction": "ArcGISImageTranslation.py" if save_inference_file else
+        "[Functions]System\\DeepLearning\\ArcGISLearn\\ArcGISImageTranslation.py",
+        "ModelType": "Pix2Pix", "n_intput_channel": c["n_channel"],
+        "NormalizationStats_b": _arcgis_stats(toolkit["target_norm"]), "n_channel": c["n_bands_out"],
+        "extract_bands": extract, "bands": ["o"] * len(extract), "ModelFormat": "NCHW",
+        "MinCellSize": cell[0] if cell else None, "MaxCellSize": cell[0] if cell else None,
+        "SupportsVariableTileSize": False, "ArcGISLearnVersion": "2.4.4", "ModelFile": f"{name}.pth",
+        "ImageHeight": emd["ImageHeight"], "ImageWidth": emd["ImageWidth"],
+        "LearningRate": str(toolkit["history"][-1].get("lr")) if toolkit.get("history") else "None",
+        "ModelName": "Pix2Pix", "backend": "pytorch", "ModelParameters": {"backbone": None, "backend": "pytorch"},
+        "PSNR": f"{metrics['psnr']:1.4e}" if "psnr" in metrics else "None",
+        "SSIM": f"{metrics['ssim']:1.4e}" if "ssim" in metrics else "None",
+        "resize_to": None, "IsMultispectral": True, "IsImageNetNormalization": True,
+        "Bands": ["o"] * len(extract), "ImageryType": "ms", "ExtractBands": extract,
+        "NormalizationStats": _arcgis_stats(toolkit["input_norm"]), "DoNormalize": False,
+    }
+    out["Toolkit"] = dict(toolkit, weights_format="arcgis.learn")
+    return out

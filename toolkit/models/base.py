@@ -125,6 +125,15 @@ class TranslationModel:
     def _make_trainer(self):
         raise NotImplementedError
 
+    def _saved_form(self, weights: dict, emd: dict, name: str, save_inference_file: bool) -> tuple[dict, dict]:
+        """The weights and ``.emd`` as ``save`` writes them: the toolkit's form; a model of
+        arcgis.learn's recipe overrides this to write arcgis.learn's."""
+        return weights, emd
+
+    def _adam_betas(self) -> tuple[float, float]:
+        """The generator optimizer's Adam betas (the papers': 0.5, 0.999)."""
+        return (0.5, 0.999)
+
     def _learner_model(self) -> nn.Module:
         raise NotImplementedError
 
@@ -171,7 +180,8 @@ class TranslationModel:
                 for net in self.networks.values():
                     net.to(memory_format=torch.channels_last)
             self.learn = Learner(data, self._learner_model(), loss_func=self._loss_func(),
-                                 opt_func=partial(Adam, mom=0.5, sqr_mom=0.999, eps=1e-8, wd=0.0),
+                                 opt_func=partial(Adam, mom=self._adam_betas()[0], sqr_mom=self._adam_betas()[1],
+                                                  eps=1e-8, wd=0.0),
                                  wd=0.0, lr=self.default_lr, metrics=loss_metrics(self.trainer), cbs=cbs,
                                  path=self.models_dir.parent, model_dir=self.models_dir.name)
         for net in self.networks.values():
@@ -688,21 +698,21 @@ class TranslationModel:
             figures["loss_graph.png"] = self.plot_losses()
         if self.data is not None:
             figures["show_results.png"] = self._results_figure()
-        extra_files = {}
-        emd = self._emd(name)
-        if save_inference_file:
-            from toolkit.arcgis_pro import INFERENCE_FUNCTION, inference_function_path
+        from toolkit.arcgis_pro import INFERENCE_FUNCTION, inference_function_path
 
+        extra_files = {}
+        weights, emd = self._saved_form(plain_state(self._state(optimizers=save_optimizer)), self._emd(name),
+                                        name, save_inference_file)
+        if save_inference_file:
             extra_files[INFERENCE_FUNCTION] = inference_function_path()
-        else:  # an .emd must not name a file the package lacks
+        elif emd.get("InferenceFunction") == INFERENCE_FUNCTION:  # it must not name a file the package lacks
             del emd["InferenceFunction"]
             warnings.warn(f"{target}: saved without the raster function (save_inference_file=False): the "
                           "toolkit loads the model, ArcGIS Pro cannot run it (its own image-translation "
                           "function reads arcgis.learn's models only).", stacklevel=2)
         try:
-            emd_path = write_model_folder(target, name, weights=plain_state(self._state(optimizers=save_optimizer)),
-                                          emd=emd, figures=figures, extra_files=extra_files,
-                                          overwrite=overwrite)
+            emd_path = write_model_folder(target, name, weights=weights, emd=emd, figures=figures,
+                                          extra_files=extra_files, overwrite=overwrite)
         finally:
             for fig in figures.values():
                 plt.close(fig)

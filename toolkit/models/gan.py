@@ -29,7 +29,7 @@ with quiet_import():
     from fastai.callback.core import Callback
     from fastai.learner import ValueMetric
 
-__all__ = ["DiscriminatorStep", "GANTrainer", "History", "PerceptualLoss", "Pix2PixLoss", "balanced_l1",
+__all__ = ["ArcGISGANTrainer", "DiscriminatorStep", "GANTrainer", "History", "PerceptualLoss", "Pix2PixLoss", "balanced_l1",
            "loss_metrics"]
 
 
@@ -181,10 +181,16 @@ class GANTrainer(DiscriminatorStep):
         if not self.training or not self.adversarial:
             return
         a, b, fake = self.xb[0], self.yb[0], self.pred.detach()
+        self._add("d_loss", self.d_update(lambda: self.d_loss(a, b, fake)))
+
+    def d_loss(self, a: torch.Tensor, b: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss on a real pair and a generated one (the paper's: BCE)."""
         d = self.discriminator
-        d_loss = self.d_update(lambda: 0.5 * (_bce(d(torch.cat([a, b], 1)), True)
-                                              + _bce(d(torch.cat([a, fake], 1)), False)))
-        self._add("d_loss", d_loss)
+        return 0.5 * (_bce(d(torch.cat([a, b], 1)), True) + _bce(d(torch.cat([a, fake], 1)), False))
+
+    def fake_logits(self, a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits for the generated pair, in the generator's step."""
+        return self.discriminator(torch.cat([a, pred], 1))
 
     def g_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         l1 = self.l1(pred, target)
@@ -198,7 +204,7 @@ class GANTrainer(DiscriminatorStep):
             loss = loss + self.lambda_perceptual * feature
         if not self.adversarial:
             return loss
-        gan = _bce(self.discriminator(torch.cat([self.xb[0], pred], 1)), True)
+        gan = _bce(self.fake_logits(self.xb[0], pred), True)
         self._add("gen_loss", gan)
         return self.gan_weight * gan + loss
 
@@ -307,6 +313,29 @@ class DiscriminatorFeatureLoss(nn.Module):
         eps = 1e-7
         logs = torch.log(F.relu(target.float()) + eps) - torch.log(F.relu(pred.float()) + eps)
         return features + torch.sqrt(torch.mean(logs ** 2))
+
+
+class ArcGISGANTrainer(GANTrainer):
+    """arcgis.learn 2.4.4's Pix2Pix training step (``Pix2Pix(data, recipe="arcgis")``): the
+    discriminator learns with least squares, real pairs as (input, target) and generated ones as
+    (generated target, input), the order arcgis.learn's ``pix2pixTrainer`` gives them; the
+    generator with binary cross-entropy on the discriminator's logits for (generated target,
+    input), plus 100 x L1. Adam with betas (0.5, 0.99) for both. ``discriminator`` is a
+    :class:`toolkit.models.networks.PadBands` (it widens each image to the networks' bands)."""
+
+    def __init__(self, discriminator: nn.Module, *, lambda_l1: float = 100.0) -> None:
+        super().__init__(discriminator, lambda_l1=lambda_l1, gan_weight=1.0, betas=(0.5, 0.99))
+
+    def d_loss(self, a: torch.Tensor, b: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        d = self.discriminator
+        return 0.5 * (_mse(d.pair(a, b), True) + _mse(d.pair(fake, a), False))
+
+    def fake_logits(self, a: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return self.discriminator.pair(pred, a)
+
+
+def _mse(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
 
 
 def _plain_tensor(x):

@@ -148,7 +148,8 @@ def _read_package(package: Path) -> tuple[dict, dict, Path]:
 
 def _imported_weights(emd: dict, weights: dict, source) -> dict:
     """The weights in the toolkit's form: those of a model arcgis.learn saved are converted."""
-    if str(emd["Toolkit"].get("imported_from", "")).startswith("arcgis.learn"):
+    toolkit = emd["Toolkit"]
+    if str(toolkit.get("imported_from", "")).startswith("arcgis.learn") or toolkit.get("weights_format") == "arcgis.learn":
         return toolkit_weights(emd, weights, source)
     return weights
 

@@ -276,16 +276,23 @@ class PadBands(nn.Module):
             raise ValueError(f"band groups {groups} do not fit networks of {n_channel} channels.")
         self.net, self.groups, self.n_channel, self.n_out = net, list(groups), n_channel, n_out
 
+    def widen(self, x: torch.Tensor) -> torch.Tensor:
+        """One group's bands widened to ``n_channel`` by repeating the last."""
+        g = x.shape[1]
+        return x if g >= self.n_channel else torch.cat([x, x[:, -1:].expand(-1, self.n_channel - g, -1, -1)], 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts, start = [], 0
         for g in self.groups:
-            part = x[:, start:start + g]
+            parts.append(self.widen(x[:, start:start + g]))
             start += g
-            if g < self.n_channel:
-                part = torch.cat([part, part[:, -1:].expand(-1, self.n_channel - g, -1, -1)], 1)
-            parts.append(part)
         y = self.net(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
         return y if self.n_out is None else y[:, :self.n_out]
+
+    def pair(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """``net`` on two images, each widened, in the order given (arcgis.learn's discriminator
+        sees a generated pair as (generated target, input), a real one as (input, target))."""
+        return self.net(torch.cat([self.widen(first), self.widen(second)], 1))
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:

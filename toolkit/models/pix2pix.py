@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,16 @@ from torch import nn
 from toolkit import viz
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
 from toolkit.metrics import Scores, confusion, object_counts, psnr, scores_from_confusion, ssim
+from toolkit.models.arcgis_learn import arcgis_emd, arcgis_weights
 from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
-from toolkit.models.gan import DiscriminatorFeatureLoss, GANTrainer, PerceptualLoss, Pix2PixLoss
+from toolkit.models.gan import ArcGISGANTrainer, DiscriminatorFeatureLoss, GANTrainer, PerceptualLoss, Pix2PixLoss
 from toolkit.models.networks import SUPPORTED_BACKBONES, init_weights, unet_depth
 from toolkit.models.specs import Pix2PixSpec
 
 __all__ = ["Pix2Pix"]
 
 DEFAULT_LR = 2e-4
+RECIPES = ("paper", "arcgis")
 RECORDED = ["valid_loss", "train_loss", "gen_loss", "l1_loss", "d_loss"]  # per epoch, by fit
 
 
@@ -70,6 +73,15 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
             sparse classes such as buildings, where the paper's L1 favours predicting background
             everywhere.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
+        recipe: ``"paper"`` (default): Isola et al.'s recipe (nested U-Net with BatchNorm, BCE
+            GAN loss, Adam betas (0.5, 0.999), mean ± 3 std band scaling). ``"arcgis"``: what
+            arcgis.learn 2.4.4's ``Pix2Pix(data)`` trains: its networks (8 named down blocks,
+            InstanceNorm, both sides widened to the larger band count), least-squares
+            discriminator loss, Adam betas (0.5, 0.99), bands scaled min..max
+            (:class:`toolkit.models.gan.ArcGISGANTrainer`); ``save`` then writes arcgis.learn's
+            ``.emd`` keys and ``.pth`` tensor names, so arcgis.learn and ArcGIS Pro's own
+            function load the model. Augmentation stays the data's (arcgis.learn's is
+            ``prepare_data(max_lighting=0.3, max_rotate=10, max_zoom=1.1)``).
         working_dir: folder for checkpoints, saved models and TensorBoard logs; default
             ``<working_dir>/models`` of ``prepare_data(working_dir=...)``, else ``<data.path>/models``.
     """
@@ -86,7 +98,7 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
                  lambda_perceptual: float | None = None, ngf: int = 64, ndf: int = 64,
                  lambda_l1: float = 100.0, gan_weight: float = 1.0, norm: str = "batch",
                  class_balance: bool = False, backbone_weights: str | os.PathLike | None = None,
-                 mixed_precision: bool | None = None,
+                 mixed_precision: bool | None = None, recipe: str = "paper",
                  working_dir: str | os.PathLike | None = None) -> None:
         if data is None:
             raise ValueError("Pix2Pix needs data from prepare_data(); to load a saved model for "
@@ -123,6 +135,18 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
             "extract_bands": data.train_ds.extract_bands,
             "cell_size": list(data.cell_size) if data.cell_size else None,
         }
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
+        if recipe == "arcgis":
+            if data.dataset_type == CLASSIFIED_TILES or backbone or kind:
+                raise ValueError("recipe='arcgis' trains arcgis.learn 2.4.4's default Pix2Pix: image "
+                                 "targets, no backbone, no perceptual loss.")
+            # arcgis.learn's networks, bands widened to the larger side's count, scaled min..max
+            config |= {"architecture": "arcgis", "n_channel": max(data.n_bands_in, data.n_bands_out),
+                       "depth": 8, "ngf": 64, "ndf": 64, "norm": "instance", "lambda_l1": 100.0,
+                       "gan_weight": 1.0, "recipe": "arcgis"}
+            data.use_normalization(replace(data.input_norm, scaling="minmax"),
+                                   replace(data.target_norm, scaling="minmax"))
         pretrained = self._pretrained(pretrained_path, config)
         self._setup(config, data.input_norm, data.target_norm, data, backbone_weights=backbone_weights,
                     mixed_precision=mixed_precision, working_dir=working_dir)
@@ -138,6 +162,8 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
 
     def _make_trainer(self) -> GANTrainer:
         c = self.config
+        if c.get("recipe") == "arcgis":
+            return ArcGISGANTrainer(self.discriminator, lambda_l1=c["lambda_l1"])
         perceptual = (DiscriminatorFeatureLoss(self.discriminator) if c.get("perceptual_kind") == "discriminator"
                       else getattr(self, "_perceptual", None))
         return GANTrainer(self.discriminator, lambda_l1=c["lambda_l1"], gan_weight=c["gan_weight"],
@@ -149,6 +175,15 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
 
     def _loss_func(self):
         return Pix2PixLoss(self.trainer)
+
+    def _saved_form(self, weights: dict, emd: dict, name: str, save_inference_file: bool) -> tuple[dict, dict]:
+        if self.config.get("recipe") != "arcgis":
+            return weights, emd
+        # arcgis.learn's .emd keys and tensor names, so arcgis.learn and Pro's own function load it
+        return arcgis_weights(self.model_type, weights), arcgis_emd(emd, name, save_inference_file)
+
+    def _adam_betas(self) -> tuple[float, float]:
+        return (0.5, 0.99) if self.config.get("recipe") == "arcgis" else super()._adam_betas()
 
     def _emd_keys(self, name: str) -> dict:
         c = self.config

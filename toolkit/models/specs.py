@@ -71,6 +71,7 @@ class Pix2PixSpec(ModelSpec):
         "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
         "perceptual_loss": Rule("true or false", lambda v: isinstance(v, bool), required=False),
         "lambda_perceptual": Rule("a number >= 0", lambda v: number(v, low=0), required=False),
+        "recipe": Rule("'paper' or 'arcgis'", lambda v: v in ("paper", "arcgis"), required=False),
         "perceptual_kind": Rule("null, 'discriminator' or 'vgg16'", lambda v: v in (None, "discriminator", "vgg16"),
                                 required=False),
     }
