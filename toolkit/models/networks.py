@@ -3,8 +3,8 @@
 
 Both follow the reference code's defaults (DESIGN section 4), with two changes that let them take
 any chip: any number of input and output bands, and a generator depth chosen from the chip size
-(bottleneck at least 2x2, so BatchNorm works at batch size 1), with sides that are not a multiple
-of 2**depth padded (reflect) and the output cropped back.
+(down to a 1x1 bottleneck, as the paper's), with sides that are not a multiple of 2**depth padded
+(reflect) and the output cropped back.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet1
 
 
 def unet_depth(chip_size: int | tuple[int, int], max_depth: int = 8) -> int:
-    """Downsamplings for a chip: as many as keep the bottleneck at least 2x2, at most 8 (the
-    paper's 256 px generator has 8 and a 1x1 bottleneck)."""
+    """Downsamplings for a chip, as the paper's generator: down to a 1x1 bottleneck (8 at 256
+    px, its ``unet_256``), at most 8. BatchNorm still works at batch size 1: the innermost block
+    has no norm after its downsampling, so the smallest map normalised is 2x2."""
     side = min(chip_size) if isinstance(chip_size, (tuple, list)) else chip_size
     if side < 8:
         raise ValueError(f"chips of {side} px are too small for a U-Net; use 8 px or more.")
-    return max(2, min(max_depth, int(math.floor(math.log2(side))) - 1))
+    return max(2, min(max_depth, int(math.floor(math.log2(side)))))
 
 
 def _norm_layer(norm: str):
