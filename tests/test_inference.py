@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,49 @@ def test_wrong_band_count_and_resolution(mask_model, rotterdam, atlanta, tmp_pat
     with pytest.warns(UserWarning, match="trained on 0.5"):
         mask_model.predict_raster(coarse, tmp_path / "coarse_out.tif", progress=False)
     assert not list(tmp_path.glob(".x.*"))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"batch_size": -3}, "batch_size must be a whole number >= 1"),   # was: a constant raster, exit 0
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+    ({"batch_size": 2.5}, "batch_size must be a whole number >= 1"),
+    ({"threshold": float("nan")}, "threshold must be a number in 0..1"),  # was: all background
+    ({"threshold": float("inf")}, "threshold must be a number in 0..1"),
+    ({"threshold": -0.1}, "threshold must be a number in 0..1"),
+    ({"padding": 3.5}, "padding must be a whole number of pixels"),
+])
+def test_out_of_range_settings_are_refused_before_any_work(mask_model, atlanta, tmp_path, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        mask_model.predict_raster(atlanta["image"], tmp_path / "out.tif", progress=False, **arguments)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("theirs_is_toolkit_output, overwrite", [(False, False), (False, True), (True, False)])
+def test_a_file_written_meanwhile_at_the_output_name_is_never_replaced(mask_model, atlanta, tmp_path, monkeypatch,
+                                                                        theirs_is_toolkit_output, overwrite):
+    """The output name was free (or the toolkit's) when the prediction began; another program
+    (or a second run) writes that name while it runs. Before, the final os.replace destroyed that
+    file and both reported success; now the move refuses, and their file stays byte for byte."""
+    out = tmp_path / "out.tif"
+    if overwrite:  # an earlier prediction of ours, which overwrite=True may replace
+        mask_model.predict_raster(atlanta["image"], out, progress=False)
+    theirs = mask_model.predict_raster(atlanta["image"], tmp_path / "theirs.tif", progress=False) \
+        if theirs_is_toolkit_output else None
+    original = inference_module.write_in_order
+
+    def another_writer_meanwhile(dst, blocks):
+        original(dst, blocks)
+        out.unlink(missing_ok=True)
+        if theirs is not None:
+            shutil.copyfile(theirs, out)
+        else:
+            out.write_bytes(b"someone else's file")
+
+    monkeypatch.setattr(inference_module, "write_in_order", another_writer_meanwhile)
+    with pytest.raises(FileExistsError, match="appeared while the toolkit was writing it"):
+        mask_model.predict_raster(atlanta["image"], out, progress=False, overwrite=overwrite)
+    assert out.read_bytes() == (theirs.read_bytes() if theirs is not None else b"someone else's file")
+    assert not list(tmp_path.glob(".out.*"))  # no temporary left
 
 
 def test_a_failure_leaves_no_output(mask_model, atlanta, tmp_path, monkeypatch):

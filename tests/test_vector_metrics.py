@@ -269,3 +269,34 @@ def test_object_counts_by_hand():
     assert object_counts(pred, truth, iou_threshold=0.6) == (1, 2, 1)
     assert object_counts(pred, truth, min_pixels=3) == (1, 0, 1)  # the small ones are dropped
     assert object_counts(np.zeros_like(truth), truth) == (0, 0, 2)
+
+
+def test_invalid_rings_from_openstreetmap_are_repaired_not_a_crash(banepa, tmp_path):
+    """A self-crossing ring, as OpenStreetMap holds (two corners of a real Banepa building
+    swapped), made footprint_scores stop with GEOSException 'side location conflict' when
+    scoring inside an area; now it is repaired (shapely.make_valid), with a warning."""
+    from shapely.geometry import Polygon
+
+    from toolkit import write_vector
+    from toolkit.data.split import split_scene
+    from toolkit.raster import write_raster
+
+    truth = gpd.read_file(banepa["footprints"])
+    split = split_scene(banepa["image"])
+    with rasterio.open(banepa["image"]) as src:
+        transform, shape, crs = src.transform, (src.height, src.width), src.crs
+    mask = rasterio.features.rasterize(((g, 1) for g in truth.geometry), out_shape=shape, transform=transform)
+    prediction = tmp_path / "prediction.tif"
+    write_raster(prediction, mask[np.newaxis].astype(np.float32), transform=transform, crs=crs, nodata=None)
+    east = truth[truth.intersects(split.held_out)]
+    i = next(j for j in east.index if len(truth.geometry[j].geoms[0].exterior.coords) >= 5)
+    c = list(truth.geometry[i].geoms[0].exterior.coords)[:-1]
+    broken = truth.copy()
+    broken.loc[i, "geometry"] = Polygon([c[0], c[2], c[1], c[3], *c[4:]])
+    assert not broken.geometry[i].is_valid
+    with pytest.warns(UserWarning, match="footprint_scores: truth: 1 invalid polygon"):
+        scores = footprint_scores(prediction, truth, broken, area=split.held_out)
+    assert scores["object"]["f1"] > 0.99 and scores["pixel"]["iou"] > 0.95
+    with pytest.warns(UserWarning, match="1 invalid polygon"):
+        written = write_vector(broken, tmp_path / "repaired.gpkg")
+    assert gpd.read_file(written).geometry.is_valid.all()

@@ -254,12 +254,18 @@ def check_output_file(dest: str | os.PathLike, *, overwrite: bool, role: str,
 
 
 @contextmanager
-def atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(dest: str | os.PathLike, *, overwrite: bool = True,
+                owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dest`` (not yet created); move it to ``dest`` when the
     block succeeds.
 
     Readers never see a half-written ``dest``: it is the old file or the complete new one.
-    Temporaries of killed earlier writers of ``dest`` are removed first.
+    Temporaries of killed earlier writers of ``dest`` are removed first. The move is checked
+    at the moment it happens, not only when the work began (a long prediction gives another
+    program time to write the same name): with ``overwrite=False`` it creates ``dest`` or fails
+    (a hard link, which never replaces a file), with ``owned`` it replaces an existing ``dest``
+    only if ``owned(dest)`` still holds. ``FileExistsError`` naming ``dest`` otherwise, and the
+    file found there is left as it is.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -267,13 +273,33 @@ def atomic_file(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = _temp_path(dest, "partial")
     try:
         yield tmp
-        os.replace(tmp, dest)
+        _move_into_place(tmp, dest, overwrite, owned)
     except BaseException:
         _remove(tmp)
         raise
     finally:
         for sidecar in tmp.parent.glob(glob.escape(tmp.name) + ".*"):  # e.g. GDAL's .aux.xml
             sidecar.unlink(missing_ok=True)
+
+
+def _move_into_place(tmp: Path, dest: Path, overwrite: bool, owned: Callable[[Path], bool] | None) -> None:
+    appeared = (f"{dest} appeared while the toolkit was writing it (another program or run wrote that "
+                "name); it was left as it is. Choose another name")
+    if not overwrite:
+        try:
+            os.link(tmp, dest)  # atomic: fails if the name exists, never replaces
+        except FileExistsError:
+            raise FileExistsError(f"{appeared}, or pass overwrite=True.") from None
+        except OSError:  # a file system without hard links: check, then move
+            if dest.exists() or dest.is_symlink():
+                raise FileExistsError(f"{appeared}, or pass overwrite=True.") from None
+            os.replace(tmp, dest)
+            return
+        tmp.unlink()
+        return
+    if owned is not None and (dest.exists() or dest.is_symlink()) and not owned(dest):
+        raise FileExistsError(f"{appeared}: the toolkit only replaces its own output.")
+    os.replace(tmp, dest)
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -234,7 +234,7 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=
         and a failed scene leaves nothing under its output name.
     """
     translation = as_translation(model, convert_to)
-    pad = check_settings(translation, padding, threshold)
+    pad = check_settings(translation, padding, threshold, batch_size)
     options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
     in_rasters = [Path(p) for p in in_rasters]
     outs = _scene_outputs(in_rasters, Path(out_folder), translation, overwrite)

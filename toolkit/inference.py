@@ -93,7 +93,7 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
     check_not_input(out_raster, [in_raster, *model.source_files], role="out_raster")
     out_raster = check_output_file(out_raster, overwrite=overwrite, role="out_raster",
                                    owned=is_toolkit_raster, what="a prediction")
-    pad = check_settings(model, padding, threshold)
+    pad = check_settings(model, padding, threshold, batch_size)
     options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
     if client is not None:
         from toolkit.distributed import predict_raster_distributed
@@ -104,7 +104,8 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
     with streaming_env(), open_raster(in_raster, "in_raster") as src:
         scene = Scene.of(src, model, pad, threshold)
         rows = predict_rows(model, src, scene, 0, scene.grid.ny, options, progress=progress)
-        with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **scene.profile) as dst:
+        with atomic_file(out_raster, overwrite=overwrite, owned=is_toolkit_raster) as tmp, \
+                rasterio.open(tmp, "w", **scene.profile) as dst:
             write_in_order(dst, rows)
             _describe(dst, model, threshold)
     return out_raster
@@ -124,10 +125,13 @@ def as_translation(model, convert_to: str | None = None):
     return model
 
 
-def check_settings(model, padding: int | None, threshold: float | None) -> int:
-    """The padding in pixels (default a quarter of the chip), after checking it and
-    ``threshold`` against the model; ``ValueError`` saying what is allowed."""
+def check_settings(model, padding: int | None, threshold: float | None, batch_size: int = 1) -> int:
+    """The padding in pixels (default a quarter of the chip), after checking it, ``threshold``
+    and ``batch_size`` against the model; ``ValueError`` saying what is allowed (a value out of
+    range would otherwise give a silently wrong raster: no window predicted, all background)."""
     chip_w, chip_h = model.chip_size
+    if padding is not None and (isinstance(padding, bool) or not float(padding).is_integer()):
+        raise ValueError(f"padding must be a whole number of pixels, got {padding!r}.")
     pad = min(chip_w, chip_h) // 4 if padding is None else int(padding)
     if pad < 0 or 2 * pad >= min(chip_w, chip_h):
         raise ValueError(f"padding must lie in 0..{(min(chip_w, chip_h) - 1) // 2} for chips of "
@@ -135,6 +139,10 @@ def check_settings(model, padding: int | None, threshold: float | None) -> int:
     if threshold is not None and not model.is_mask:
         raise ValueError("threshold makes a class raster; this model translates images (its target "
                          "is not a class mask).")
+    if threshold is not None and not (isinstance(threshold, (int, float, np.number)) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a number in 0..1 (a class score), got {threshold!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (windows per forward pass), got {batch_size!r}.")
     return pad
 
 

@@ -226,8 +226,11 @@ def footprint_scores(prediction: str | os.PathLike, footprints, truth, *, area=N
     import rasterio
     import rasterio.features
 
-    from toolkit.vector import footprint_mask
+    from toolkit.vector import footprint_mask, repair_polygons
 
+    # real truth (OpenStreetMap) holds self-touching rings, which clipping cannot take
+    footprints = repair_polygons(footprints, "footprint_scores: footprints")
+    truth = repair_polygons(truth, "footprint_scores: truth")
     with rasterio.open(prediction) as src:
         predicted = footprint_mask(src.read(), threshold, src.nodata)
         transform, shape, crs = src.transform, (src.height, src.width), src.crs

@@ -231,7 +231,8 @@ def clip_raster(in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
         profile = src.profile | {"width": int(window.width), "height": int(window.height),
                                  "transform": src.window_transform(window)}
         profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
-        with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        with atomic_file(out_raster, overwrite=overwrite, owned=is_toolkit_raster) as tmp, \
+                rasterio.open(tmp, "w", **profile) as dst:
             dst.write(src.read(window=window))
             dst.update_tags(**{OUTPUT_TAG: "clip_raster"})
     return out_raster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -309,6 +310,34 @@ def footprint_labels(data: np.ndarray, *, nodata: float | None = None, boundary_
     return labels.astype(np.int32)
 
 
+def repair_polygons(gdf: gpd.GeoDataFrame, what: str) -> gpd.GeoDataFrame:
+    """``gdf`` with its invalid polygons repaired (``shapely.make_valid``, keeping the polygonal
+    parts: a self-touching OpenStreetMap ring becomes the polygons it outlines) and a warning
+    naming ``what`` and how many; empty results are dropped. Valid input comes back unchanged."""
+    import shapely
+
+    invalid = ~gdf.geometry.is_valid & ~gdf.geometry.is_empty
+    if not invalid.any():
+        return gdf
+    fixed = [_polygonal(g) for g in shapely.make_valid(gdf.geometry[invalid].values)]
+    gdf = gdf.copy()
+    gdf.loc[invalid, "geometry"] = gpd.GeoSeries(fixed, index=gdf.index[invalid], crs=gdf.crs)
+    warnings.warn(f"{what}: {int(invalid.sum())} invalid polygon(s) (e.g. self-touching rings) repaired "
+                  "with shapely.make_valid.", stacklevel=3)
+    return gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
+
+
+def _polygonal(geom):
+    """The polygonal part of a repaired geometry (make_valid can add lines or points)."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if isinstance(geom, (Polygon, MultiPolygon)):
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
+    polygons = [q for g in parts for q in (g.geoms if isinstance(g, MultiPolygon) else [g])]
+    return MultiPolygon(polygons) if len(polygons) > 1 else polygons[0] if polygons else Polygon()
+
+
 def write_vector(gdf: gpd.GeoDataFrame, path: str | os.PathLike, *, layer: str = "footprints",
                  overwrite: bool = False) -> Path:
     """Write polygons (e.g. from :func:`vectorize`) to a GeoPackage (``.gpkg``), keeping their CRS.
@@ -325,7 +354,8 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | os.PathLike, *, layer: str =
                          "(GeoPandas' to_file writes other formats).")
     path = check_output_file(path, overwrite=overwrite, role="path", owned=_is_toolkit_vector,
                              what="a vector file")
-    with atomic_file(path) as tmp:
+    gdf = repair_polygons(gdf, f"write_vector to {path}")
+    with atomic_file(path, overwrite=overwrite, owned=_is_toolkit_vector) as tmp:
         gdf.to_file(tmp, layer=layer, driver="GPKG", layer_metadata={OUTPUT_TAG: "write_vector"})
     return path
 

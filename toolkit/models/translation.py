@@ -112,7 +112,7 @@ class Translation(BandCounts):
         source = image if isinstance(image, (str, os.PathLike)) else "image"
         result = self.predict_chips(data[np.newaxis], nodata=nodata, tta=tta, source=source)[0]
         if output is not None:
-            with atomic_file(output) as tmp:
+            with atomic_file(output, overwrite=overwrite, owned=is_toolkit_raster) as tmp:
                 write_raster(tmp, result, transform=transform, crs=crs, nodata=np.nan, output_of="predict")
         return result
 
