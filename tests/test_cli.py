@@ -111,3 +111,30 @@ def test_the_installed_command():
     command = Path(sys.executable).parent / "toolkit"  # [project.scripts], installed by make test
     run = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and all(c in run.stdout for c in ("export", "train", "predict", "vectorize", "info"))
+
+
+def test_train_checks_its_output_before_the_first_epoch(rotterdam_pairs, tmp_path, capsys, monkeypatch):
+    """--out that cannot be saved to (a folder of the user's) fails before training, not after
+    all epochs; a bare --out name is a folder in the current directory; --workers below 1 is
+    refused (-1 waited forever, 0 ran in-process without a word)."""
+    from toolkit.models.base import TranslationModel
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    fits = []
+    monkeypatch.setattr(TranslationModel, "fit", lambda self, *a, **k: fits.append(a))
+    assert main(["train", str(rotterdam_pairs), "--out", str(theirs), "--epochs", "1", "--ngf", "8",
+                 "--ndf", "8"]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("toolkit: error: ") and str(theirs) in error and fits == []  # refused before fit
+    assert (theirs / "notes.txt").read_text() == "mine"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(rotterdam_pairs), "--out", "bare", "--epochs", "1", "--ngf", "8", "--ndf", "8",
+                 "--checkpoint", "none"]) == 0
+    assert (tmp_path / "bare" / "bare.emd").is_file() and not (tmp_path / "bare_work" / "bare").exists()
+    capsys.readouterr()
+    for workers in ("-1", "0"):
+        assert main(["predict", str(tmp_path / "bare" / "bare.dlpk"), str(tmp_path / "x.tif"), str(tmp_path / "y.tif"),
+                     "--workers", workers]) == 1
+        assert "--workers must be 1 or more" in capsys.readouterr().err

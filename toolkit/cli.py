@@ -152,7 +152,7 @@ def _train(args) -> dict | None:
     """Under ``torchrun`` every process runs this; rank 0 alone reports (and saves)."""
     from toolkit import CycleGAN, Pix2Pix, ddp, prepare_data
 
-    out = Path(args.out)
+    out = Path(args.out).absolute()  # a bare name is a folder here, not in the working folder
     dataset_type = "CycleGAN" if args.model == "cyclegan" else None
     data = prepare_data(args.chips, batch_size=args.batch_size, val_split_pct=args.val_split_pct,
                         seed=args.seed, dataset_type=dataset_type, chip_size=args.chip_size)
@@ -165,6 +165,8 @@ def _train(args) -> dict | None:
                         working_dir=working_dir)
     if ddp.is_main() and not ddp.launched():
         print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
+    if ddp.is_main():  # before the first epoch: a fit is not lost to a save that cannot happen
+        model.check_save_path(out, overwrite=args.overwrite)
     checkpoint = {"best": True, "all": "all", "none": False}[args.checkpoint]
     model.fit(args.epochs, lr=args.lr, schedule=args.schedule, early_stopping=args.early_stopping or False,
               checkpoint=checkpoint, tensorboard=args.tensorboard, monitor=args.monitor, resume=args.resume,
@@ -181,6 +183,8 @@ def _predict(args) -> dict:
 
     if args.scheduler and args.workers:
         raise ValueError("give --scheduler or --workers, not both.")
+    if args.workers is not None and args.workers < 1:  # -1 waited forever, 0 ran in-process silently
+        raise ValueError(f"--workers must be 1 or more (processes of a local Dask cluster), got {args.workers}.")
     if len(args.rasters) < 2:
         raise ValueError("give the scene(s) and then the output: IN_RASTER OUT_RASTER or IN_RASTER... OUT_FOLDER.")
     *scenes, out = args.rasters

@@ -125,6 +125,31 @@ class TranslationModel:
     def _make_trainer(self):
         raise NotImplementedError
 
+    def _save_target(self, name_or_path) -> Path:
+        """``save``'s folder: a bare name is a folder in the working folder, anything else a path."""
+        target = Path(name_or_path)
+        if len(target.parts) == 1 and not target.is_absolute():
+            if self.models_dir is None:
+                raise ValueError("this model has no working folder; save it to a path.")
+            return self.models_dir / target
+        return target
+
+    def check_save_path(self, name_or_path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """The folder ``save(name_or_path, overwrite=...)`` would write, checked now (writable, not
+        the training chips, free or the toolkit's own model with ``overwrite``): call it before a
+        long fit, so that the fit is not lost to a save that cannot happen."""
+        from toolkit.models.model_folder import MODEL_KIND
+
+        target = self._save_target(name_or_path)
+        if target.parent == self.models_dir and len(Path(name_or_path).parts) == 1:
+            self._check_working_dir("save")
+        else:
+            check_writable_folder(target.parent, role="the folder of save path",
+                                  hint="Save the model to a folder you can write.")
+        check_not_input(target, self._input_paths(), role="save path")
+        check_output_folder(target, overwrite=overwrite, kind=MODEL_KIND, role="save path")
+        return target
+
     def _saved_form(self, weights: dict, emd: dict, name: str, save_inference_file: bool) -> tuple[dict, dict]:
         """The weights and ``.emd`` as ``save`` writes them: the toolkit's form; a model of
         arcgis.learn's recipe overrides this to write arcgis.learn's."""
@@ -666,12 +691,7 @@ class TranslationModel:
             raise ValueError(f"framework {framework!r} is not supported: the toolkit saves PyTorch "
                              "weights (framework='PyTorch'); arcgis.learn's 'TF-ONNX' exists for some "
                              "of its object detectors only, not for image translation.")
-        target = Path(name_or_path)
-        in_working_dir = len(target.parts) == 1 and not target.is_absolute()
-        if in_working_dir:
-            if self.models_dir is None:
-                raise ValueError("this model has no working folder; save it to a path.")
-            target = self.models_dir / target
+        target = self._save_target(name_or_path)
         if publish:
             raise ValueError(f"publish=True uploads the model to ArcGIS Online or Enterprise (gis={gis!r}), "
                              "which needs the arcgis package and a portal; the toolkit does not publish. "
@@ -681,15 +701,7 @@ class TranslationModel:
         if not ddp.is_main():
             self.emd_path = ddp.broadcast_object(None)  # returns once rank 0 has written
             return self.emd_path
-        if in_working_dir:
-            self._check_working_dir("save")
-        else:
-            check_writable_folder(target.parent, role="the folder of save path",
-                                  hint="Save the model to a folder you can write.")
-        check_not_input(target, self._input_paths(), role="save path")
-        from toolkit.models.model_folder import MODEL_KIND
-
-        check_output_folder(target, overwrite=overwrite, kind=MODEL_KIND, role="save path")
+        self.check_save_path(name_or_path, overwrite=overwrite)
         name = target.name
         if compute_metrics and self.data is not None:
             self.compute_metrics()
