@@ -279,7 +279,10 @@ def test_footprint_model_in_pro_gives_the_class_values_of_predict(footprint_mode
     values = [c["Value"] for c in emd["Classes"]]
     scores = toolkit_on_blocks(run, model.predict)
     expected = classes_of(np.nan_to_num(scores, nan=-1.0), values)
-    assert np.array_equal(run["output"][0], expected)
+    # the blend is summed in another order here: only a score within float error of the
+    # threshold may fall on the other side of it
+    differ = run["output"][0] != expected
+    assert differ.mean() < 1e-3 and (np.abs(scores.max(axis=0)[differ] - 0.5) < 1e-5).all()
     assert run["output_mask"].all()  # every pixel of the raster is data
     assert not run["beyond_mask"][:, run["shape"][0]:].any()  # past the edge: nodata
     assert 0 < (run["output"] > 0).mean() < 1  # real footprints and background
