@@ -41,6 +41,7 @@ import json
 import math
 import warnings
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,12 @@ def _convert_to(scalars: dict) -> str:
     if key not in {d.lower() for d in DIRECTIONS}:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
     return DIRECTIONS[key.replace("atob", "AtoB").replace("btoa", "BtoA")]
+
+
+@lru_cache(maxsize=8)
+def _blend_window(height: int, width: int) -> np.ndarray:
+    """The 2-D blending window of a chip, made once per chip size (not per block)."""
+    return np.outer(_periodic_hann(height), _periodic_hann(width)) + 1e-12
 
 
 def _periodic_hann(n: int) -> np.ndarray:
@@ -417,7 +424,7 @@ class ArcGISImageTranslation:
         results = self.translation.predict_chips(chips, tta=self.tta, source="the block")  # one batch
         # Esri's window is 0 on a chip's first row and column; the floor keeps a pixel that only
         # such a row covers (padding 0) at the chip's value instead of 0 / 0.
-        weight = np.outer(_periodic_hann(height), _periodic_hann(width)) + 1e-12
+        weight = _blend_window(height, width)
         total = np.zeros((results.shape[1], rows, cols), np.float64)
         weights = np.zeros((rows, cols), np.float64)
         for (r, c), result in zip(corners, results):

@@ -34,7 +34,7 @@ from toolkit import viz
 from toolkit.metrics import Scores, psnr, ssim
 from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
 from toolkit.models.gan import DiscriminatorStep, Pix2PixLoss
-from toolkit.models.specs import DIRECTIONS, CycleGANSpec  # noqa: F401  (DIRECTIONS: cyclegan's names)
+from toolkit.models.specs import CycleGANSpec
 
 __all__ = ["CycleGAN", "CycleGANTrainer", "ImagePool"]
 
