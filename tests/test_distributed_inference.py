@@ -3,7 +3,9 @@ single-process pass, on the real Atlanta and Rotterdam scenes."""
 
 from __future__ import annotations
 
+import inspect
 import sys
+import time
 
 import cloudpickle
 import numpy as np
@@ -116,16 +118,19 @@ def test_an_unsaved_model_is_refused(saved_model, scene, client, tmp_path):
 # --- faults: installed on the workers with Client.run --------------------------------------------
 
 
-def _install_fault(marker_dir: str, band: int, how: str) -> None:
+def _install_fault(marker_dir: str, band: int, how: str, path: str | None = None) -> None:
     """On a worker: window row ``band``'s task raises (``how="raise"``: once over the cluster;
-    ``"always"``: every time) or kills its worker process (``"die"``: once over the cluster)."""
+    ``"always"``: every time), kills its worker process (``"die"``: once over the cluster), waits
+    while the file ``path`` exists (``"hold"``, at most a minute) or writes a file of its own at
+    ``path`` (``"write"``: another program taking the output's name). Faults add up."""
     import os
+    import time
     from pathlib import Path
 
     import toolkit.distributed as d
 
-    original = getattr(d, "_original_predict_rows", d.predict_rows)
-    d._original_predict_rows = original
+    d._original_predict_rows = getattr(d, "_original_predict_rows", d.predict_rows)
+    previous = d.predict_rows
 
     def faulty(model, src, scene, k0, k1, options, **kwargs):
         if k0 == band:
@@ -134,11 +139,17 @@ def _install_fault(marker_dir: str, band: int, how: str) -> None:
                 first = True
             except FileExistsError:
                 first = False
-            if how == "always" or first:
+            if how == "hold":
+                end = time.monotonic() + 60
+                while Path(path).exists() and time.monotonic() < end:
+                    time.sleep(0.05)
+            elif how == "write":
+                Path(path).write_text("theirs")
+            elif how == "always" or first:
                 if how == "die":
                     os._exit(1)
                 raise RuntimeError(f"injected fault in band {band}")
-        return original(model, src, scene, k0, k1, options, **kwargs)
+        return previous(model, src, scene, k0, k1, options, **kwargs)
 
     d.predict_rows = faulty
 
@@ -151,8 +162,8 @@ def _remove_fault() -> None:
 
 @pytest.fixture
 def fault(client, tmp_path):
-    def install(band: int, how: str) -> None:
-        client.run(_install_fault, str(tmp_path), band, how)
+    def install(band: int, how: str, path=None) -> None:
+        client.run(_install_fault, str(tmp_path), band, how, None if path is None else str(path))
     yield install
     client.run(_remove_fault)
 
@@ -184,3 +195,44 @@ def test_many_scenes_one_output_each(saved_model, scene, atlanta, client, tmp_pa
     assert_same_raster(outs[1], saved_model.predict_raster(other, tmp_path / "single.tif", progress=False))
     with pytest.raises(FileExistsError, match="overwrite=True"):
         predict_rasters(saved_model, [scene], tmp_path / "out", client=client, timeout=WAIT)
+
+
+def test_a_later_band_that_fails_stops_the_job_at_once(saved_model, scene, client, fault, tmp_path):
+    """Bands were awaited in order: a failed band 2 went unnoticed while band 0 still ran."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    fault(band=0, how="hold", path=hold)
+    fault(band=2, how="always")
+    start = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="injected fault in band 2"):
+            predict_raster(saved_model, scene, tmp_path / "out.tif", client=client, band_rows=2,
+                           timeout=WAIT, progress=False)
+        assert time.monotonic() - start < 30  # band 0 holds for 60 s
+    finally:
+        hold.unlink()
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_a_cluster_without_workers_fails_within_the_timeout(saved_model, scene, tmp_path):
+    """Every worker gone, the scheduler up: the job used to wait an hour per band."""
+    with distributed.LocalCluster(host="127.0.0.1", dashboard_address=None, n_workers=0) as empty, distributed.Client(empty, timeout=WAIT) as none:
+        for run in (lambda: predict_raster(saved_model, scene, tmp_path / "out.tif", client=none, timeout=3,
+                                           progress=False),
+                    lambda: predict_rasters(saved_model, [scene], tmp_path / "many", client=none, timeout=3)):
+            start = time.monotonic()
+            with pytest.raises(TimeoutError, match="no worker for 3 s"):
+                run()
+            assert time.monotonic() - start < 3 + 10
+    assert leftovers(tmp_path, "out") == [] and not list((tmp_path / "many").glob("*"))
+    for function in (predict_raster, predict_rasters, Pix2Pix.predict_raster, CycleGAN.predict_raster):
+        assert inspect.signature(function).parameters["timeout"].default <= 600  # minutes, not hours
+
+
+def test_a_file_written_meanwhile_is_kept(saved_model, scene, client, fault, tmp_path):
+    """Another program writes the output's name during the job: the final move refuses it."""
+    out = tmp_path / "out.tif"
+    fault(band=2, how="write", path=out)
+    with pytest.raises(FileExistsError, match="appeared"):
+        predict_raster(saved_model, scene, out, client=client, band_rows=2, timeout=WAIT, progress=False)
+    assert out.read_text() == "theirs"

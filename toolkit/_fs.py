@@ -19,6 +19,7 @@ and never an input.**
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -229,6 +230,12 @@ def atomic_folder(dest: str | os.PathLike, *, overwrite: bool, kind: str,
         os.replace(staging, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except Exception as err:
+        cause = _with_path(err, dest, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if cause is not err:
+            raise cause from err
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -274,12 +281,37 @@ def atomic_file(dest: str | os.PathLike, *, overwrite: bool = True,
     try:
         yield tmp
         _move_into_place(tmp, dest, overwrite, owned)
+    except Exception as err:
+        cause = _with_path(err, dest, tmp)
+        _remove(tmp)
+        if cause is not err:
+            raise cause from err
+        raise
     except BaseException:
         _remove(tmp)
         raise
     finally:
         for sidecar in tmp.parent.glob(glob.escape(tmp.name) + ".*"):  # e.g. GDAL's .aux.xml
             sidecar.unlink(missing_ok=True)
+
+
+def _with_path(err: Exception, dest: Path, tmp: Path) -> Exception:
+    """An error of writing ``dest`` that says which file: an ``OSError`` without a file name
+    gets ``dest``'s; any other error while the disk is full (torch's writer says only "file
+    write failed") becomes ``OSError(ENOSPC)`` naming ``dest``. Other errors are returned as they are."""
+    if isinstance(err, OSError) and err.errno and err.filename is None:
+        return OSError(err.errno, err.strerror or os.strerror(err.errno), str(dest))
+    if not isinstance(err, OSError) and _disk_full(tmp.parent):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+    return err
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return stat.f_bavail * stat.f_frsize < 2**20
 
 
 def _move_into_place(tmp: Path, dest: Path, overwrite: bool, owned: Callable[[Path], bool] | None) -> None:

@@ -20,15 +20,21 @@ How the work is shared:
 - **Many scenes** (:func:`predict_rasters`): one task per scene; the worker writes its output
   itself (the output folder must be shared and writable by the workers).
 - **Failures.** A task that raises is re-run up to ``retries`` times (Dask's ``retries=``); a
-  worker that dies has its tasks re-run elsewhere (Dask's ``allowed-failures``). Outputs are
-  written under a temporary name and moved into place when complete, so a job that fails for
-  good leaves nothing under the final name.
+  worker that dies has its tasks re-run elsewhere (Dask's ``allowed-failures``). A task that
+  fails for good stops the job at once, whichever band or scene it is (not when its turn to be
+  written comes). Outputs are written under a temporary name and moved into place when
+  complete, so a job that fails for good leaves nothing under the final name.
+- **Bounded waiting.** A cluster whose workers are all gone (killed, never started) cannot make
+  progress: when it has had no worker for ``timeout`` seconds (default
+  :data:`DEFAULT_TIMEOUT`, ``toolkit predict --timeout``), the job fails with ``TimeoutError``
+  and writes nothing. Slow tasks on live workers are waited for.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -65,6 +71,11 @@ class ModelRef:
         path = Path(translation.source_files[0]).resolve()
         return cls(str(path), path.stat().st_mtime_ns, translation.convert_to)
 
+
+DEFAULT_TIMEOUT = predict_raster.__kwdefaults__["timeout"]
+"""Seconds a Dask job waits for a cluster without workers before it fails (a nanny restarts a
+killed worker in seconds; an autoscaler starts one in a minute or two)."""
+POLL = 1.0  # seconds between looks at the cluster while waiting
 
 _MODELS: dict[ModelRef, object] = {}  # per worker process: one loaded model per ModelRef
 _MODELS_LOCK = threading.Lock()
@@ -148,10 +159,57 @@ def _n_workers(client) -> int:
     return len(client.nthreads()) or 1
 
 
+def wait_for_progress(client, futures, timeout: float | None, what: str) -> set:
+    """Wait until at least one of ``futures`` is finished (done, failed or cancelled) and return
+    the finished ones; ``TimeoutError`` naming ``what`` when meanwhile the cluster has had no
+    worker for ``timeout`` seconds (``None``: wait for workers without limit)."""
+    from distributed import wait
+
+    check_timeout(timeout)
+    futures = list(futures)
+    no_worker_since = None
+    while True:
+        try:
+            wait(futures, timeout=POLL, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        finished = {f for f in futures if f.status != "pending"}
+        if finished:
+            return finished
+        if client.nthreads():
+            no_worker_since = None
+            continue
+        now = time.monotonic()
+        no_worker_since = no_worker_since or now
+        if timeout is not None and now - no_worker_since >= timeout:
+            raise TimeoutError(f"{what}: the Dask cluster ({client.scheduler.address}) has had no worker for "
+                               f"{timeout:g} s, so nothing can run; nothing was written. Start workers, or "
+                               "raise timeout= (toolkit predict --timeout).")
+
+
+def check_timeout(timeout) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0 or timeout != timeout or timeout == float("inf")):
+        raise ValueError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}.")
+
+
+def _raise_failed(finished, what) -> None:
+    """Re-raise the error of the first failed future among ``finished`` (``what(future)``
+    names its part of the job)."""
+    for future in finished:
+        if future.status == "error":
+            error = future.exception()
+            if isinstance(error, Exception) and not isinstance(error, (OSError, ValueError, RuntimeError)):
+                raise RuntimeError(f"{what(future)}: failed on the cluster: {error!r}") from error
+            raise error
+        if future.status == "cancelled":
+            raise RuntimeError(f"{what(future)}: its task was cancelled on the cluster (scheduler restarted?).")
+
+
 def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: Path, *, client,
                                pad: int, options: RowOptions, band_rows: int | None = None,
-                               timeout: float | None = 3600.0, retries: int = 2,
-                               progress: bool = True) -> Path:
+                               timeout: float | None = DEFAULT_TIMEOUT, retries: int = 2,
+                               progress: bool = True, overwrite: bool = False) -> Path:
     """:func:`toolkit.inference.predict_raster` with ``client`` (its arguments already checked):
     bands of window rows run on the cluster's workers, the client writes them in row order.
 
@@ -160,15 +218,18 @@ def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: 
             ``source_files`` name its ``.emd``/``.dlpk``).
         pad: padding in pixels; options: batch size, test-time augmentation, threshold.
         band_rows: window rows per task (default: see :func:`band_starts`).
-        timeout: longest wait for any one band, in seconds (``None``: no limit); then
-            ``TimeoutError`` and no output.
+        timeout: seconds the job may wait while the cluster has no worker (``None``: no
+            limit); then ``TimeoutError`` and no output.
         retries: re-runs of a band whose task raised.
+        overwrite: whether the final move may replace an earlier prediction of the toolkit
+            (checked again at that moment: a file another program wrote meanwhile is kept).
 
     Returns:
         ``out_raster``, complete; on any failure nothing is left under that name.
     """
     from tqdm.auto import tqdm
 
+    check_timeout(timeout)
     ref = ModelRef.of(model)
     with streaming_env(), open_raster(in_raster, "in_raster") as src:
         scene = Scene.of(src, model, pad, options.threshold)
@@ -179,23 +240,36 @@ def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: 
         return client.submit(predict_band, ref, str(in_raster), scene, k0, k1, options, retries=retries,
                              pure=False, key=f"predict-band-{job}-{k0}")
 
+    where = {}
+
     def results():
-        """Band results in order, with at most ``2 * workers + 1`` in flight."""
+        """Band results in order, with at most ``2 * workers + 1`` in flight; a band that fails
+        stops the job as soon as it fails, whichever band it is."""
         todo, pending = iter(bands), deque()
         limit = 2 * _n_workers(client) + 1
         try:
             for k0, k1 in todo:
-                pending.append(submit(k0, k1))
-                if len(pending) >= limit:
-                    yield pending.popleft().result(timeout=timeout)
+                future = submit(k0, k1)
+                where[future.key] = k0
+                pending.append(future)
+                while len(pending) >= limit:
+                    yield next_in_order(pending)
             while pending:
-                yield pending.popleft().result(timeout=timeout)
+                yield next_in_order(pending)
         finally:
             client.cancel(list(pending))
 
+    def next_in_order(pending: deque):
+        while pending[0].status == "pending":
+            _raise_failed(wait_for_progress(client, pending, timeout, f"in_raster {in_raster}"),
+                          lambda f: f"in_raster {in_raster}: window rows from {where[f.key]}")
+        _raise_failed([pending[0]], lambda f: f"in_raster {in_raster}: window rows from {where[f.key]}")
+        return pending.popleft().result()
+
     blocks = (block for block in tqdm(results(), total=len(bands), desc="Predicting", unit="band",
                                       disable=not progress, leave=False) if block[1].shape[1])
-    with atomic_file(out_raster) as tmp, rasterio.open(tmp, "w", **scene.profile) as dst:
+    with atomic_file(out_raster, overwrite=overwrite, owned=is_toolkit_raster) as tmp, \
+            rasterio.open(tmp, "w", **scene.profile) as dst:
         write_in_order(dst, blocks)
         _describe(dst, model, options.threshold)
     return out_raster
@@ -213,7 +287,7 @@ def predict_scene(ref: ModelRef, in_raster: str, out_raster: str, pad: int, opti
 def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=None,
                     convert_to: str | None = None, padding: int | None = None, batch_size: int = 8,
                     threshold: float | None = None, overwrite: bool = False, tta: bool = False,
-                    timeout: float | None = None, retries: int = 2) -> list[Path]:
+                    timeout: float | None = DEFAULT_TIMEOUT, retries: int = 2) -> list[Path]:
     """Predict many scenes at once, one Dask task per scene: ``<out_folder>/<scene stem>.tif``.
 
     Args:
@@ -225,7 +299,8 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=
             other in this process (the same outputs, the same checks).
         convert_to, padding, batch_size, threshold, overwrite, tta: as
             :func:`toolkit.inference.predict_raster`, for every scene.
-        timeout: longest wait for the whole job, in seconds (``None``: no limit).
+        timeout: seconds the job may wait while the cluster has no worker (``None``: no
+            limit); then ``TimeoutError``.
         retries: re-runs of a scene whose task raised.
 
     Returns:
@@ -243,16 +318,20 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=
             predict_raster(translation, in_raster, out, padding=pad, batch_size=batch_size,
                            threshold=threshold, tta=tta, overwrite=overwrite)
         return outs
-    from distributed import as_completed
-
+    check_timeout(timeout)
     ref = ModelRef.of(translation)
     futures = {client.submit(predict_scene, ref, str(i), str(o), pad, options, overwrite,
                              retries=retries, pure=False): i for i, o in zip(in_rasters, outs)}
+    pending = set(futures)
     try:
-        for future in as_completed(futures, timeout=timeout):
-            if future.status == "error":
-                raise RuntimeError(f"in_raster {futures[future]}: prediction failed on the cluster: "
-                                   f"{future.exception()!r}") from future.exception()
+        while pending:
+            finished = wait_for_progress(client, pending, timeout, f"{len(pending)} scene(s) to {out_folder}")
+            try:
+                _raise_failed(finished, lambda f: f"in_raster {futures[f]}")
+            except Exception as err:
+                scene = next(futures[f] for f in finished if f.status != "finished")
+                raise RuntimeError(f"in_raster {scene}: prediction failed on the cluster: {err}") from err
+            pending -= finished
     finally:
         client.cancel(list(futures))
     return outs

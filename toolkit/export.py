@@ -41,6 +41,7 @@ from toolkit._fs import atomic_folder, check_not_input, check_output_folder
 from toolkit.raster import (AlignedReader, Grid, bounds_overlap, open_raster, pixel_bounds,
                             streaming_env, write_raster)
 from toolkit.stats import BandStatistics, band_validity
+from toolkit.vector import repair_polygons
 
 __all__ = ["ExportSummary", "export_training_data", "rotate_about_centre", "tile_offsets"]
 
@@ -218,8 +219,11 @@ def export_training_data(
     buffer_radius = _buffer_radius(buffer_radius, in_class_data)
     if not 0.0 <= min_valid_fraction <= 1.0:
         raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}.")
-    if int(contour_width) != contour_width or contour_width < 0:
-        raise ValueError(f"contour_width must be a whole number of pixels >= 0, got {contour_width}.")
+    if not (isinstance(contour_width, (int, float, np.number)) and not isinstance(contour_width, bool)
+            and np.isfinite(contour_width) and int(contour_width) == contour_width
+            and 0 <= contour_width <= MAX_CONTOUR_WIDTH):
+        raise ValueError(f"contour_width must be a whole number of pixels from 0 to {MAX_CONTOUR_WIDTH}, "
+                         f"got {contour_width!r}.")
     if not output_nofeature_tiles and in_class_data is None:
         raise ValueError("output_nofeature_tiles=False keeps chips with features: it needs in_class_data.")
     metadata_format = _metadata_format(metadata_format, additional_input_raster, in_class_data)
@@ -597,6 +601,9 @@ def _resize_image(data: np.ndarray, band_valid: np.ndarray, size: tuple[int, int
     return out, out_valid
 
 
+MAX_CONTOUR_WIDTH = 255  # an outline wider than that fills any building chip (OpenCV's own limit is 32767)
+
+
 def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, contour_value,
                   buffer_radius: float, stack: ExitStack):
     if isinstance(in_class_data, gpd.GeoDataFrame):
@@ -638,7 +645,8 @@ class _VectorLabels:
     def __init__(self, gdf: gpd.GeoDataFrame, name: str, grid: Grid, class_value_field,
                  contour_width: int, contour_value, buffer_radius: float = 0.0) -> None:
         role = f"in_class_data {name}"
-        gdf = _placeable(gdf, grid, role, "the polygons")
+        # OpenStreetMap's self-touching rings and the like: repaired, counted, never a crash
+        gdf = repair_polygons(_placeable(gdf, grid, role, "the polygons"), role)
         if class_value_field is None:
             values = np.ones(len(gdf), dtype=np.int64)
         else:

@@ -56,7 +56,7 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
                    padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
                    overwrite: bool = False, progress: bool = True, tta: bool = False,
                    convert_to: str | None = None, client=None, band_rows: int | None = None,
-                   timeout: float | None = 3600.0) -> Path:
+                   timeout: float | None = 300.0) -> Path:
     """Run ``model`` over ``in_raster`` into ``out_raster``.
 
     Args:
@@ -80,8 +80,9 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
         client: a ``dask.distributed.Client``: run bands of window rows on its workers and
             assemble the output here (:func:`toolkit.distributed.predict_raster_distributed`:
             the model must be saved, ``in_raster`` readable by the workers at the same path).
-        band_rows, timeout: with ``client`` only: window rows per task, and the longest wait
-            in seconds for one band (``None``: no limit).
+        band_rows, timeout: with ``client`` only: window rows per task, and how long in
+            seconds the job may wait while the cluster has no worker (all killed, none started;
+            ``None``: no limit) before it fails with ``TimeoutError``, writing nothing.
 
     Returns:
         ``out_raster``: a tiled, compressed GeoTIFF with the input's CRS, transform, width and
@@ -100,7 +101,7 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
 
         return predict_raster_distributed(model, in_raster, out_raster, client=client, pad=pad,
                                           options=options, band_rows=band_rows, timeout=timeout,
-                                          progress=progress)
+                                          progress=progress, overwrite=overwrite)
     with streaming_env(), open_raster(in_raster, "in_raster") as src:
         scene = Scene.of(src, model, pad, threshold)
         rows = predict_rows(model, src, scene, 0, scene.grid.ny, options, progress=progress)

@@ -110,14 +110,18 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | st
         A GeoDataFrame with one polygon per footprint (holes kept), an ``area`` column in CRS
         units squared, and the raster's CRS; :func:`write_vector` writes it.
     """
+    _check_vectorize_numbers(threshold=threshold, boundary_threshold=boundary_threshold, min_area=min_area,
+                             simplify_tolerance=simplify_tolerance, opening=opening, marker_erosion=marker_erosion)
     if isinstance(source, (str, os.PathLike)):
         with open_raster(source, "source") as src:
             tags = src.tags()
             descriptions = list(src.descriptions)
             reader = _RasterWindows(src, window_size, margin)
             settings = _settings(tags, threshold, boundary_threshold, min_area, marker_erosion)
+            classes = np.issubdtype(np.dtype(src.dtypes[0]), np.integer)
+            _check_thresholds(settings, classes, src.name)
             band, klass = _boundary(boundary_band, boundary_class, tags, descriptions, src.count,
-                                    np.issubdtype(np.dtype(src.dtypes[0]), np.integer), src.name)
+                                    classes, src.name)
             transform = src.transform if transform is None else transform
             crs = src.crs if crs is None else crs
             polygons = []
@@ -130,6 +134,7 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | st
             raise ValueError("vectorize(array) needs the array's transform (and crs) to place the polygons.")
         data = data[np.newaxis] if data.ndim == 2 else data
         settings = _settings({}, threshold, boundary_threshold, min_area, marker_erosion)
+        _check_thresholds(settings, np.issubdtype(data.dtype, np.integer), "array")
         band, klass = _boundary(boundary_band, boundary_class, {}, [None] * data.shape[0], data.shape[0],
                                 np.issubdtype(data.dtype, np.integer), "array")
         window = Window(0, 0, data.shape[2], data.shape[1])
@@ -139,10 +144,38 @@ def vectorize(source: str | os.PathLike | np.ndarray, *, boundary_band: int | st
         gdf = regularize_footprints(gdf, pixel_size=abs(transform.a))
     if simplify_tolerance > 0:
         gdf["geometry"] = gdf.geometry.simplify(simplify_tolerance, preserve_topology=True)
+    if regularize or simplify_tolerance > 0:  # both can fold an outline onto itself
+        gdf = repair_polygons(gdf, "vectorize (after regularize / simplify)")
     gdf["area"] = gdf.geometry.area
     if settings["min_area"] > 0:
         gdf = gdf[gdf["area"] >= settings["min_area"]]
     return gdf.reset_index(drop=True)[["area", "geometry"]]
+
+
+def _check_vectorize_numbers(**values) -> None:
+    """``ValueError`` for a setting that would give a silently wrong result: not finite, or
+    negative where a size is meant; whole pixels for ``opening`` and ``marker_erosion``."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if name in ("min_area", "simplify_tolerance", "opening", "marker_erosion") and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}.")
+        if name in ("opening", "marker_erosion") and int(value) != value:
+            raise ValueError(f"{name} must be a whole number of pixels, got {value!r}.")
+
+
+def _check_thresholds(settings: dict, classes: bool, name: str) -> None:
+    """Scores lie in 0..1, so a threshold outside it gives all or nothing without a word; class
+    values start at 1 (0 is the background)."""
+    for key in ("threshold", "boundary_threshold"):
+        value = settings[key]
+        if classes and not value > 0:
+            raise ValueError(f"{name}: {key} {value:g} on a class raster must be > 0 (a class value; 0 is "
+                             "the background).")
+        if not classes and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: {key} {value:g} must lie in 0..1 (the raster holds scores).")
 
 
 def regularize_footprints(footprints: gpd.GeoDataFrame, *, pixel_size: float) -> gpd.GeoDataFrame:

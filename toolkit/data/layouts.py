@@ -333,6 +333,7 @@ def _check_headers(folder: ChipFolder) -> None:
     the same size; reading headers only."""
     pairs = folder.pairs + (folder.valid_pairs or [])
     first_in = first_out = None
+    dtypes_in, dtypes_out = _DtypeSeen("input chips"), _DtypeSeen("target chips")
     for pair in pairs:
         header = read_header(pair.input)
         if pair.side_by_side:
@@ -340,22 +341,50 @@ def _check_headers(folder: ChipFolder) -> None:
             target = header
         else:
             target = read_header(pair.target)
+        dtypes_in.add(pair.input, header)
+        dtypes_out.add(pair.target, target)
         if first_in is None:
             first_in, first_out, first_pair = header, target, pair
             _require_same_size(pair.target, target, pair.input, header, "its input chip")
             continue
         _require_alike(pair.input, header, first_pair.input, first_in)
         _require_alike(pair.target, target, first_pair.target, first_out)
+    dtypes_in.warn(folder.path)
+    dtypes_out.warn(folder.path)
     folder.input_header, folder.target_header = first_in, first_out
 
 
 def _alike_headers(chips: list[Path]) -> ChipHeader:
     """The header every chip of ``chips`` shares (bands, size); ``ValueError`` naming the first
-    chip that differs."""
+    chip that differs; a warning when their data types differ."""
     first = read_header(chips[0])
+    dtypes = _DtypeSeen("chips")
+    dtypes.add(chips[0], first)
     for chip in chips[1:]:
-        _require_alike(chip, read_header(chip), chips[0], first)
+        header = read_header(chip)
+        dtypes.add(chip, header)
+        _require_alike(chip, header, chips[0], first)
+    dtypes.warn(chips[0].parent)
     return first
+
+
+class _DtypeSeen:
+    """The first chip of each data type in a set: chips of one set in different types (8-bit
+    and 16-bit, integers and floats) usually hold values on different scales, which one set of
+    band statistics then normalises wrongly."""
+
+    def __init__(self, role: str) -> None:
+        self.role, self.first = role, {}
+
+    def add(self, chip: Path, header: ChipHeader) -> None:
+        self.first.setdefault(header.dtype, chip)
+
+    def warn(self, where) -> None:
+        if len(self.first) > 1:
+            (a, chip_a), (b, chip_b) = list(self.first.items())[:2]
+            warnings.warn(f"{where}: the {self.role} are of {len(self.first)} data types, e.g. {chip_a} is "
+                          f"{a} and {chip_b} is {b}; their values may be on different scales, which one "
+                          "set of band statistics normalises wrongly. Export them alike.", stacklevel=4)
 
 
 def _require_alike(chip: Path, got: ChipHeader, ref: Path, expected: ChipHeader) -> None:

@@ -22,6 +22,7 @@ file, as torchgeo's ``BaseTask`` subclasses do:
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import warnings
 from functools import partial
@@ -38,8 +39,9 @@ from toolkit import __version__, ddp
 from toolkit._fastai import quiet_import
 from toolkit._fs import check_not_input, check_output_folder, check_writable_folder
 from toolkit.data.normalization import BandNorm, MaskEncoding, target_from_dict
-from toolkit.models.checkpoint import Checkpoint, find_resumable, load_checkpoint, new_fit_id, plain_state
-from toolkit.models.emd_schema import check_state_fits, check_weights_fit
+from toolkit.models.checkpoint import (Checkpoint, checkpoint_path, find_resumable, load_checkpoint, new_fit_id,
+                                      plain_state)
+from toolkit.models.emd_schema import check_config, check_state_fits, check_weights_fit
 from toolkit.models.gan import History, loss_metrics
 from toolkit.models.model_folder import read_model_folder, write_model_folder
 from toolkit.models.networks import init_weights
@@ -175,6 +177,8 @@ class TranslationModel:
 
     def _setup(self, config: dict, input_norm: BandNorm, target_norm, data, *, mixed_precision=None,
                working_dir=None, device=None, **build_kwargs) -> None:
+        # ngf=0, lambda_l1=nan...: refused here (the backbone by its builder, with its own message)
+        check_config(config, {k: r for k, r in self.config_rules.items() if k != "backbone"}, type(self).__name__)
         self.config = config
         self.input_norm, self.target_norm = input_norm, target_norm
         self.data = data
@@ -322,13 +326,14 @@ class TranslationModel:
                                f"Use {name}.from_model(path, data=prepare_data(...)).")
 
     fit_id: str | None = None  # the id of the last fit (its checkpoint files); set by fit()
+    unsaved_checkpoint: Path | None = None  # fit(keep_until_saved=True): resumable until save()
 
     def fit(self, epochs: int = 10, lr: float | slice | None = None, one_cycle: bool = True,
             early_stopping: bool | int = False, checkpoint: bool | str = True,
             tensorboard: bool = False, monitor: str = "valid_loss", mixed_precision: bool | None = None, *,
             checkpoint_name: str | None = None, resume: bool | str = False,
             schedule: str | None = None, callbacks: list | None = None,
-            distributed: bool | None = None, sync_bn: bool = False) -> None:
+            distributed: bool | None = None, sync_bn: bool = False, keep_until_saved: bool = False) -> None:
         """Train for ``epochs`` epochs. The arguments up to ``mixed_precision`` are arcgis.learn's
         (2.4.4), in its order; the toolkit's own follow, keyword-only.
 
@@ -374,10 +379,20 @@ class TranslationModel:
                 ``batch_size`` is per process; only rank 0 logs, checkpoints and saves.
             sync_bn: under ``torchrun`` on GPUs, synchronise batch-norm statistics over the
                 processes (``torch.nn.SyncBatchNorm``), useful at 1 or 2 chips per GPU.
+            keep_until_saved: the completed fit stays resumable until :meth:`save` succeeds:
+                when saving fails (a full disk...), ``fit(epochs, resume=True)`` gives the
+                trained model back from its checkpoints without training again (``toolkit
+                train`` does this, so a failed save never loses a fit).
         """
         self._require_data("fit")
         self._check_working_dir("fit")
         lr = learning_rate(lr)  # checked before any work
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+            raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}.")
+        if not isinstance(early_stopping, bool) and (not isinstance(early_stopping, numbers.Integral)
+                                                     or early_stopping < 0):
+            raise ValueError("early_stopping must be True, False, or a whole number of epochs >= 1 "
+                             f"(0: off), got {early_stopping!r}.")
         if distributed is False and ddp.launched():
             raise ValueError("distributed=False, but torchrun started this script as one of "
                              f"{os.environ['WORLD_SIZE']} processes, which would train copies that "
@@ -406,6 +421,15 @@ class TranslationModel:
                 raise ValueError(f"{path}: the checkpoint is of a fit of {state['fit']['epochs']} "
                                  f"epochs; resume it with fit({state['fit']['epochs']}, resume={how}).")
             self._restore(state, optimizers=True)
+            if state.get("completed"):  # trained to the end; only saving the model failed
+                self.fit_id, self.unsaved_checkpoint = state["fit_id"], path
+                best = checkpoint_path(folder, name, self.fit_id, "best")
+                if best.is_file():
+                    self._restore_best(load_checkpoint(best))
+                if ddp.is_main():
+                    print(f"Fit {self.fit_id} had completed ({len(self.history)} epochs) but its model "
+                          f"was not saved: restored from {path.parent}, nothing to train.")
+                return
             # loaded: no second copy of the weights for the whole fit, only the loop's state
             heavy = {*self.network_names, "g_opt", "d_opt", "trainer"}
             state = {k: v for k, v in state.items() if k not in heavy}
@@ -417,6 +441,8 @@ class TranslationModel:
                 return
         else:
             self.fit_id = ddp.broadcast_object(new_fit_id(folder, name))  # rank 0's names the files
+        keep = keep_until_saved and checkpoint and ddp.is_main()
+        self.unsaved_checkpoint = checkpoint_path(folder, name, self.fit_id) if keep else None
         lr = lr or float(self._suggested_lr or self.default_lr)
         self._check_monitor(monitor)  # a resumed fit's, too
         patience = None if not early_stopping else 5 if early_stopping is True else int(early_stopping)
@@ -438,7 +464,7 @@ class TranslationModel:
                                   scalers={"scaler": lambda: getattr(self.learn, "scaler", None),
                                            "d_scaler": lambda: self.trainer.d_scaler},
                                   patience=patience, resume=state, verbose=main,
-                                  every_epoch=checkpoint == "all"))
+                                  every_epoch=checkpoint == "all", unsaved=bool(keep)))
         tb_log = None
         if tensorboard:
             from toolkit.models.tensorboard import LOG_FOLDER, TensorBoardLog
@@ -729,6 +755,11 @@ class TranslationModel:
             for fig in figures.values():
                 plt.close(fig)
         self.emd_path = ddp.broadcast_object(emd_path)  # under torchrun: to the waiting ranks
+        if self.unsaved_checkpoint is not None and Path(self.unsaved_checkpoint).is_file():
+            from toolkit.models.checkpoint import mark_unsaved
+
+            mark_unsaved(self.unsaved_checkpoint, False)  # saved: the fit is finished for good
+            self.unsaved_checkpoint = None
         return emd_path
 
     def load(self, name_or_path: str | os.PathLike) -> None:

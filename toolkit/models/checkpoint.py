@@ -32,7 +32,7 @@ with quiet_import():
     from fastai.callback.core import Callback, CancelFitException
 
 __all__ = ["Checkpoint", "checkpoint_path", "find_resumable", "list_fits", "load_checkpoint",
-           "monitor_comparison", "new_fit_id", "plain_state", "rng_state", "set_rng_state"]
+           "mark_unsaved", "monitor_comparison", "new_fit_id", "plain_state", "rng_state", "set_rng_state"]
 
 FIT_ID = r"\d{8}T\d{6}Z-[0-9a-f]{4}"
 
@@ -163,7 +163,8 @@ def list_fits(folder: str | Path, name: str) -> list[dict]:
 
     Returns:
         one dict per fit: ``fit_id``, ``path`` (its ``_last.pth``), ``epoch`` (last saved, from 0),
-        ``epochs`` (of the fit), ``completed`` and ``saved_at`` (seconds since the epoch; the
+        ``epochs`` (of the fit), ``completed``, ``unsaved`` (completed, but saving the model
+        failed: :func:`mark_unsaved`) and ``saved_at`` (seconds since the epoch; the
         file's mtime for a file that does not say). Unreadable files are left out.
     """
     pattern = re.compile(re.escape(name) + f"-({FIT_ID})_last\\.pth")
@@ -180,6 +181,7 @@ def list_fits(folder: str | Path, name: str) -> list[dict]:
         fits.append({"fit_id": match.group(1), "path": path, "epoch": int(state.get("epoch", -1)),
                      "epochs": int(state.get("fit", {}).get("epochs", 0)),
                      "completed": bool(state.get("completed", False)),
+                     "unsaved": bool(state.get("unsaved", False)),
                      "saved_at": float(state.get("saved_at") or path.stat().st_mtime)})
         del state  # release the mapping before the file can be replaced
     return sorted(fits, key=lambda f: (f["saved_at"], f["fit_id"]))
@@ -187,7 +189,8 @@ def list_fits(folder: str | Path, name: str) -> list[dict]:
 
 def find_resumable(folder: str | Path, name: str, fit_id: str | None = None) -> Path:
     """The ``_last.pth`` of the fit to resume: ``fit_id``'s, or else the unfinished fit named
-    ``name`` whose last epoch was saved most recently. Raises ``FileNotFoundError`` when there
+    ``name`` whose last epoch was saved most recently; a completed fit whose model could not be
+    saved (:func:`mark_unsaved`) counts as unfinished. Raises ``FileNotFoundError`` when there
     is none, ``ValueError`` when ``fit_id``'s fit completed."""
     fits = list_fits(folder, name)
     if fit_id is not None:
@@ -196,16 +199,28 @@ def find_resumable(folder: str | Path, name: str, fit_id: str | None = None) -> 
             known = ", ".join(f["fit_id"] for f in fits) or "none"
             raise FileNotFoundError(f"{checkpoint_path(folder, name, fit_id)}: no checkpoint of fit "
                                     f"{fit_id!r} named {name!r} (fits there: {known}).")
-        if chosen[0]["completed"]:
+        if chosen[0]["completed"] and not chosen[0]["unsaved"]:
             raise ValueError(f"fit {fit_id!r} completed ({chosen[0]['epoch'] + 1} epochs); there is "
                              "nothing to resume.")
         return chosen[0]["path"]
-    unfinished = [f for f in fits if not f["completed"]]
+    unfinished = [f for f in fits if not f["completed"] or f["unsaved"]]
     if not unfinished:
         done = f" ({len(fits)} completed)" if fits else ""
         raise FileNotFoundError(f"{Path(folder)}: no unfinished fit named {name!r} to resume{done}; "
                                 "run fit() with checkpoint=True first.")
     return unfinished[-1]["path"]
+
+
+def mark_unsaved(path: str | Path, unsaved: bool = True) -> None:
+    """Set whether a completed fit's ``_last.pth`` still waits for its model to be saved
+    (``fit(keep_until_saved=True)`` writes it so; ``save`` clears it): while it does, resuming
+    the fit gives the trained model back without training again."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    if bool(state.get("unsaved", False)) == unsaved:
+        return
+    state["unsaved"] = unsaved
+    Checkpoint._save(state, path)
 
 
 # --- the callback --------------------------------------------------------------------------------
@@ -236,6 +251,8 @@ class Checkpoint(Callback):
         verbose: say when early stopping stops the fit.
         every_epoch: also keep each epoch's checkpoint as ``<name>-<fit_id>_epoch<N>.pth``
             (``fit(checkpoint="all")``).
+        unsaved: a completed fit's last checkpoint says ``unsaved`` (resumable) until the model
+            is saved (``fit(keep_until_saved=True)``).
     """
 
     order = 65  # after History (61), which records the epoch
@@ -243,8 +260,9 @@ class Checkpoint(Callback):
     def __init__(self, folder: Path | None, name: str, fit_id: str, monitor: str,
                  state: Callable[[], dict], restore_best: Callable[[dict], None], *,
                  scalers: dict[str, Callable] | None = None, patience: int | None = None,
-                 resume: dict | None = None, verbose: bool = True, every_epoch: bool = False) -> None:
-        self.verbose, self.every_epoch = verbose, every_epoch
+                 resume: dict | None = None, verbose: bool = True, every_epoch: bool = False,
+                 unsaved: bool = False) -> None:
+        self.verbose, self.every_epoch, self.unsaved = verbose, every_epoch, unsaved
         self.folder = Path(folder) if folder is not None else None
         self.stem, self.fit_id, self.monitor = name, fit_id, monitor
         self.state, self.restore_best = state, restore_best
@@ -329,6 +347,7 @@ class Checkpoint(Callback):
             # Cancelled by another callback: still a finished fit, not one to resume.
             state = load_checkpoint(self.last_path)
             state["completed"] = self.completed = True
+            state["unsaved"] = self.unsaved
             self._save(state, self.last_path)
         if self.best is not None and self.best_path.is_file():
             self.restore_best(load_checkpoint(self.best_path))
@@ -343,6 +362,7 @@ class Checkpoint(Callback):
                 scalers[key] = scaler.state_dict()
         return self.state() | {
             "fit_id": self.fit_id, "epoch": int(self.epoch), "completed": self.completed,
+            "unsaved": self.unsaved and self.completed,
             "saved_at": time.time(), "monitor": self.monitor, "best": self.best,
             "best_epoch": self.best_epoch, "wait": self.wait, "scalers": scalers,
             "smooth_loss": {"count": int(smooth.count), "val": torch.as_tensor(smooth.val).detach().cpu()},

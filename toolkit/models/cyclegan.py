@@ -304,13 +304,14 @@ class CycleGAN(CycleGANSpec, TranslationModel):
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                        convert_to: str = "b", padding: int | None = None, batch_size: int = 8,
                        overwrite: bool = False, progress: bool = True, tta: bool = False,
-                       client=None) -> Path:
+                       client=None, timeout: float | None = 300.0) -> Path:
         """Translate a whole scene of one domain into a georeferenced GeoTIFF of the other
         (``convert_to`` ``"b"`` or ``"a"``), blended as :func:`toolkit.inference.predict_raster`;
-        with a ``dask.distributed.Client`` as ``client``, on its workers (save the model first)."""
+        with a ``dask.distributed.Client`` as ``client``, on its workers (save the model first),
+        failing after ``timeout`` seconds without any worker."""
         return self._predict_raster(self.translation(convert_to), in_raster, out_raster, padding=padding,
                                     batch_size=batch_size, overwrite=overwrite, progress=progress, tta=tta,
-                                    client=client)
+                                    client=client, timeout=timeout)
 
     # --- evaluation --------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ Two checks, both raising ``ValueError`` that names the file:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +31,10 @@ __all__ = ["Rule", "check_state_fits", "check_weights_fit", "common_config_rules
            "number", "validate_emd"]
 
 MAX_DEPTH = 8  # unet_depth never chooses more; deeper nests only risk recursion limits
+MAX_CHIP = 8192  # chip side in pixels: an edited .emd saying 100000 would allocate tens of GiB per chip
+MAX_BANDS = 1024
+MAX_FILTERS = 1024  # ngf / ndf: the paper's 64; 1024 already makes a network of billions of weights
+MAX_CLASS_VALUE = 65534  # class rasters are uint8 (nodata 255) or uint16 (nodata 65535); 0 is background
 
 
 # --- the .emd ----------------------------------------------------------------------------------
@@ -44,13 +49,13 @@ class Rule(NamedTuple):
 
 
 def integer(v, low=None, high=None) -> bool:
-    # bool is an int in Python, but `"ngf": true` is a mistake, not 1
-    return isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low) and \
+    # bool is an int in Python, but `"ngf": true` is a mistake, not 1; numpy integers are fine
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and (low is None or v >= low) and \
         (high is None or v <= high)
 
 
 def number(v, finite=True, low=None) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and \
         (not finite or math.isfinite(v)) and (low is None or v >= low)
 
 
@@ -60,21 +65,21 @@ def _list_of(test, length=None, min_length=0) -> Callable[[Any], bool]:
 
 
 _str = lambda v: isinstance(v, str)  # noqa: E731
+_bands = Rule(f"an integer from 1 to {MAX_BANDS}", lambda v: integer(v, 1, MAX_BANDS))
 _positive_int = Rule("an integer >= 1", lambda v: integer(v, 1))
 _numbers = Rule("a list of finite numbers", _list_of(number))
-
 
 
 def common_config_rules(dataset_types: tuple[str, ...]) -> dict[str, Rule]:
     """The ``Toolkit.config`` keys every translation model writes; a model class adds its own
     (``config_rules``)."""
     return {
-        "n_bands_in": _positive_int,
-        "n_bands_out": _positive_int,
-        "chip_size": Rule("an integer >= 1 or a list of two",
-                          lambda v: integer(v, 1) or _list_of(lambda x: integer(x, 1), length=2)(v)),
+        "n_bands_in": _bands,
+        "n_bands_out": _bands,
+        "chip_size": Rule(f"an integer from 1 to {MAX_CHIP} (pixels) or a list of two",
+                          lambda v: integer(v, 1, MAX_CHIP) or _list_of(lambda x: integer(x, 1, MAX_CHIP), length=2)(v)),
         "dataset_type": Rule(" or ".join(repr(t) for t in dataset_types), lambda v: v in dataset_types),
-        "ngf": _positive_int,
+        "ngf": _positive_int,  # absurd sizes are refused by the weights' shapes (check_weights_fit)
         "ndf": _positive_int,
         "extract_bands": Rule("null or a list of band indices (integers >= 0)",
                               lambda v: v is None or _list_of(lambda x: integer(x, 0))(v), required=False),
@@ -105,7 +110,9 @@ BANDS = {  # BandNorm.to_dict; low/high are derived again on reading
     "source": Rule("a string", _str),
     "scaling": Rule("'sigma' or 'minmax'", lambda v: v in ("sigma", "minmax"), required=False),
 }
-CLASS = {"Value": Rule("an integer", integer), "Name": Rule("a string", _str, required=False)}
+CLASS = {"Value": Rule(f"an integer from 1 to {MAX_CLASS_VALUE} (0 is the background; the class raster's "
+                       "nodata is 255, or 65535 when 255 is a class)", lambda v: integer(v, 1, MAX_CLASS_VALUE)),
+         "Name": Rule("a string", _str, required=False)}
 CLASSES = {  # MaskEncoding.to_dict
     "kind": Rule("'classes'", lambda v: v == "classes"),
     "classes": Rule("a list of at least one class object", _list_of(lambda c: isinstance(c, dict), min_length=1)),
@@ -181,8 +188,8 @@ def validate_emd(emd, source) -> None:
     config, target = toolkit["config"], toolkit["target_norm"]
     cls.validate_config(config, source)
     _check(target, BANDS if target["kind"] == "bands" else CLASSES, "Toolkit.target_norm", source)
-    for i, c in enumerate(target.get("classes", [])):
-        _check(c, CLASS, f"Toolkit.target_norm.classes[{i}]", source)
+    check_classes(target.get("classes", []), source, "Toolkit.target_norm.classes")
+    _check_image_size(emd, config, source)
     for i, record in enumerate(toolkit.get("history", [])):
         _check(record, RECORD, f"Toolkit.history[{i}]", source)
     # band counts must agree, or normalisation fails (or broadcasts silently) at predict time
@@ -200,6 +207,49 @@ def validate_emd(emd, source) -> None:
         if n != config[key]:
             raise ValueError(f"{source}: {path} lists {n} band(s); expected Toolkit.config.{key} "
                              f"({config[key]}).")
+
+
+def check_classes(classes: list, source, path: str = "classes") -> None:
+    """Each class an object with an integer ``Value`` in 1..:data:`MAX_CLASS_VALUE`, the values
+    unique (two classes of one value would merge in the class raster)."""
+    for i, c in enumerate(classes):
+        _check(c, CLASS, f"{path}[{i}]", source)
+    values = [c["Value"] for c in classes]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{source}: {path} give the value(s) {repeated} to more than one class; each "
+                         "class needs its own value.")
+
+
+def _check_image_size(emd: dict, config: dict, source) -> None:
+    """ArcGIS reads the chip size from ``ImageWidth``/``ImageHeight``, the toolkit from its
+    config: where both are written they must agree (and be pixel counts in range)."""
+    width, height = emd.get("ImageWidth"), emd.get("ImageHeight")
+    if width is None and height is None:
+        return
+    for key, value in (("ImageWidth", width), ("ImageHeight", height)):
+        if not integer(value, 1, MAX_CHIP):
+            fail(source, key, f"an integer from 1 to {MAX_CHIP} (the chip size in pixels)", value,
+                 missing=value is None)
+    size = config["chip_size"]
+    expected = tuple(size) if isinstance(size, list) else (size, size)
+    if (width, height) != expected:
+        raise ValueError(f"{source}: ImageWidth x ImageHeight is {width}x{height}, but "
+                         f"Toolkit.config.chip_size is {expected[0]}x{expected[1]}; the model was "
+                         "trained on one chip size: put back the size it was saved with.")
+
+
+CONSTRUCTION_RULES = {  # a new model has no weights to check its sizes against
+    "ngf": Rule(f"an integer from 1 to {MAX_FILTERS}", lambda v: integer(v, 1, MAX_FILTERS)),
+    "ndf": Rule(f"an integer from 1 to {MAX_FILTERS}", lambda v: integer(v, 1, MAX_FILTERS)),
+}
+
+
+def check_config(config: dict, rules: dict, source: str) -> None:
+    """A new model's settings against its ``config_rules`` (and :data:`CONSTRUCTION_RULES`), with
+    the messages of loading (``ValueError``: ``Pix2Pix: ngf is 0 (an integer); expected an
+    integer from 1 to 1024.``)."""
+    _check(config, rules | {k: r for k, r in CONSTRUCTION_RULES.items() if k in rules}, "", source)
 
 
 # --- the weights against the config ------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from toolkit import ddp
+from toolkit._fs import check_writable_folder
 from toolkit._fastai import quiet_import
 
 with quiet_import():
@@ -68,6 +69,9 @@ class TensorBoardLog(Callback):
         if not self.skip and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            # else the writer's thread fails later, in the background, with a traceback
+            check_writable_folder(self.log_dir, role="TensorBoard log folder",
+                                  hint="Make it writable, or fit without tensorboard=True.")
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def after_epoch(self) -> None:
