@@ -184,7 +184,7 @@ def test_a_failure_leaves_no_output(mask_model, atlanta, tmp_path, monkeypatch):
 
     monkeypatch.setattr(mask_model, "_generate", failing)
     with pytest.raises(RuntimeError, match="device lost"):
-        mask_model.predict_raster(atlanta["image"], tmp_path / "out.tif", progress=False)
+        mask_model.predict_raster(atlanta["image"], tmp_path / "out.tif", progress=False, backend="torch")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -378,7 +378,7 @@ def test_tta_runs_every_variant_of_a_batch_of_windows_in_one_pass(mask_model, at
     for tta in (False, True):
         model.generator = Recording()
         out = model.predict_raster(raster, tmp_path / f"tta_{tta}.tif", batch_size=3, tta=tta,
-                                   overwrite=True, progress=False)
+                                   overwrite=True, progress=False, backend="torch")  # the recorded forward
         shapes[tta] = model.generator.shapes
         with rasterio.open(out) as dst:
             np.testing.assert_allclose(dst.read(), expected_per_pixel(model, raster), rtol=1e-5, atol=1e-5)

@@ -333,7 +333,8 @@ def test_cyclegan_in_pro_runs_the_direction_asked(cyclegan_model, rotterdam, rot
 
     model = load_model(emd_path)
     expected = toolkit_on_blocks(run, lambda x: model.predict(x, convert_to=convert_to))
-    np.testing.assert_allclose(run["output"], expected, rtol=1e-5, atol=1e-3)
+    # the raster function runs OpenVINO, predict PyTorch: equal within the backends' 1e-4
+    np.testing.assert_allclose(run["output"], expected, rtol=1e-4, atol=1e-3)
     other = toolkit_on_blocks(run, lambda x: model.predict(x, convert_to="a" if convert_to == "b" else "b"))
     assert not np.allclose(run["output"], other, rtol=1e-3, atol=1e-2)  # the direction matters
 

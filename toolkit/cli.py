@@ -167,6 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=Number(int, 1, 65536), default=8)
     p.add_argument("--threshold", type=FRACTION, help="mask models: write a class raster (a score from 0 to 1)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")
+    p.add_argument("--backend", choices=["auto", "openvino", "onnxruntime", "torch"], default="auto",
+                   help="where the generator runs: the fastest exact path installed (auto), or one named")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: quantized on the CPU, calibrated on the scene (faster; see benchmarks/README.md)")
     p.add_argument("--scheduler", help="a Dask scheduler address: run on that cluster")
     p.add_argument("--workers", type=Number(int, 1, 1024), help="run on a local Dask cluster of this many processes")
     p.add_argument("--timeout", type=Number(float, 0, above=True), default=600.0,
@@ -259,7 +263,10 @@ def _predict(args) -> dict:
     *scenes, out = args.rasters
     many = len(scenes) > 1 or Path(out).is_dir()
     model = load_model(args.model)
-    kwargs = dict(padding=args.padding, batch_size=args.batch_size, overwrite=args.overwrite, tta=args.tta)
+    kwargs = dict(padding=args.padding, batch_size=args.batch_size, overwrite=args.overwrite, tta=args.tta,
+                  backend=args.backend)
+    if args.precision != "fp32":
+        kwargs["precision"] = args.precision
     if args.scheduler or args.workers:
         kwargs["timeout"] = args.timeout
     if args.convert_to is not None:

@@ -59,9 +59,10 @@ class ModelRef:
     path: str
     mtime_ns: int
     convert_to: str | None = None
+    backend: str = "auto"  # toolkit.models.backends, resolved on the worker
 
     @classmethod
-    def of(cls, translation) -> ModelRef:
+    def of(cls, translation, backend: str = "auto") -> ModelRef:
         """The saved files of ``translation`` (one direction of a model); ``ValueError`` when
         the model was never saved or loaded."""
         if not translation.source_files:
@@ -69,7 +70,7 @@ class ModelRef:
                              "from its .emd or .dlpk. Save it first (model.save('name')), or load a "
                              "saved one (toolkit.load_model), then predict again.")
         path = Path(translation.source_files[0]).resolve()
-        return cls(str(path), path.stat().st_mtime_ns, translation.convert_to)
+        return cls(str(path), path.stat().st_mtime_ns, translation.convert_to, backend)
 
 
 DEFAULT_TIMEOUT = predict_raster.__kwdefaults__["timeout"]
@@ -117,12 +118,12 @@ def worker_translation(ref: ModelRef):
         raise RuntimeError(f"model {ref.path} changed since this prediction began; run it again.")
     with _MODELS_LOCK:
         if ref not in _MODELS:
-            from toolkit.models.base import load_model
+            from toolkit.models.backends import accelerate
+            from toolkit.models.translation import load_translation
 
             _MODELS.clear()  # one model per worker process at a time
             tune_worker_malloc()
-            model = load_model(ref.path)
-            _MODELS[ref] = model.translation(**({"convert_to": ref.convert_to} if ref.convert_to else {}))
+            _MODELS[ref] = accelerate(load_translation(ref.path, ref.convert_to), ref.backend)
         return _MODELS[ref]
 
 
@@ -209,7 +210,7 @@ def _raise_failed(finished, what) -> None:
 def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: Path, *, client,
                                pad: int, options: RowOptions, band_rows: int | None = None,
                                timeout: float | None = DEFAULT_TIMEOUT, retries: int = 2,
-                               progress: bool = True, overwrite: bool = False) -> Path:
+                               progress: bool = True, overwrite: bool = False, backend: str = "auto") -> Path:
     """:func:`toolkit.inference.predict_raster` with ``client`` (its arguments already checked):
     bands of window rows run on the cluster's workers, the client writes them in row order.
 
@@ -223,6 +224,7 @@ def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: 
         retries: re-runs of a band whose task raised.
         overwrite: whether the final move may replace an earlier prediction of the toolkit
             (checked again at that moment: a file another program wrote meanwhile is kept).
+        backend: where each worker runs the generator (:mod:`toolkit.models.backends`).
 
     Returns:
         ``out_raster``, complete; on any failure nothing is left under that name.
@@ -230,7 +232,7 @@ def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: 
     from tqdm.auto import tqdm
 
     check_timeout(timeout)
-    ref = ModelRef.of(model)
+    ref = ModelRef.of(model, backend)
     with streaming_env(), open_raster(in_raster, "in_raster") as src:
         scene = Scene.of(src, model, pad, options.threshold)
     bands = band_starts(scene.grid, band_rows, _n_workers(client))
@@ -280,14 +282,15 @@ def predict_scene(ref: ModelRef, in_raster: str, out_raster: str, pad: int, opti
     """A worker's task: one whole scene into ``out_raster`` (written by the worker, atomically)."""
     predict_raster(worker_translation(ref), in_raster, out_raster, padding=pad,
                    batch_size=options.batch_size, threshold=options.threshold, tta=options.tta,
-                   overwrite=overwrite, progress=False)
+                   overwrite=overwrite, progress=False)  # accelerated when the worker loaded it
     return out_raster
 
 
 def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=None,
                     convert_to: str | None = None, padding: int | None = None, batch_size: int = 8,
                     threshold: float | None = None, overwrite: bool = False, tta: bool = False,
-                    timeout: float | None = DEFAULT_TIMEOUT, retries: int = 2) -> list[Path]:
+                    timeout: float | None = DEFAULT_TIMEOUT, retries: int = 2, backend: str = "auto",
+                    precision: str = "fp32") -> list[Path]:
     """Predict many scenes at once, one Dask task per scene: ``<out_folder>/<scene stem>.tif``.
 
     Args:
@@ -297,8 +300,9 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=
         out_folder: where the outputs go; must be a folder the workers can write (shared).
         client: a ``dask.distributed.Client``; ``None`` predicts the scenes one after the
             other in this process (the same outputs, the same checks).
-        convert_to, padding, batch_size, threshold, overwrite, tta: as
-            :func:`toolkit.inference.predict_raster`, for every scene.
+        convert_to, padding, batch_size, threshold, overwrite, tta, backend, precision: as
+            :func:`toolkit.inference.predict_raster`, for every scene (int8 calibrated on each
+            scene; not with ``client``).
         timeout: seconds the job may wait while the cluster has no worker (``None``: no
             limit); then ``TimeoutError``.
         retries: re-runs of a scene whose task raised.
@@ -314,12 +318,19 @@ def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=
     in_rasters = [Path(p) for p in in_rasters]
     outs = _scene_outputs(in_rasters, Path(out_folder), translation, overwrite)
     if client is None:  # here: the model need not be saved
+        from toolkit.models.backends import accelerate
+
+        if precision == "fp32":
+            translation = accelerate(translation, backend)  # compiled once for all the scenes
         for in_raster, out in zip(in_rasters, outs):
             predict_raster(translation, in_raster, out, padding=pad, batch_size=batch_size,
-                           threshold=threshold, tta=tta, overwrite=overwrite)
+                           threshold=threshold, tta=tta, overwrite=overwrite, backend=backend,
+                           precision=precision)
         return outs
+    if precision != "fp32":
+        raise ValueError("precision='int8' calibrates on each scene in this process; predict without client.")
     check_timeout(timeout)
-    ref = ModelRef.of(translation)
+    ref = ModelRef.of(translation, backend)
     futures = {client.submit(predict_scene, ref, str(i), str(o), pad, options, overwrite,
                              retries=retries, pure=False): i for i, o in zip(in_rasters, outs)}
     pending = set(futures)

@@ -56,7 +56,7 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
                    padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
                    overwrite: bool = False, progress: bool = True, tta: bool = False,
                    convert_to: str | None = None, client=None, band_rows: int | None = None,
-                   timeout: float | None = 300.0) -> Path:
+                   timeout: float | None = 300.0, backend: str = "auto", precision: str = "fp32") -> Path:
     """Run ``model`` over ``in_raster`` into ``out_raster``.
 
     Args:
@@ -83,6 +83,13 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
         band_rows, timeout: with ``client`` only: window rows per task, and how long in
             seconds the job may wait while the cluster has no worker (all killed, none started;
             ``None``: no limit) before it fails with ``TimeoutError``, writing nothing.
+        backend: where the generator runs (:mod:`toolkit.models.backends`): ``"auto"`` the
+            fastest exact path installed (OpenVINO or ONNX Runtime on the CPU, PyTorch on CUDA),
+            or ``"openvino"``, ``"onnxruntime"``, ``"torch"``; the same values within 1e-5.
+        precision: ``"fp32"``, or ``"int8"`` on the CPU (OpenVINO or ONNX Runtime): the network
+            quantized, calibrated on up to 32 windows of ``in_raster`` itself, with a warning
+            when its output moves by more than ``backends.INT8_TOLERANCE`` on them (measured
+            speed and quality change in benchmarks/README.md). Not with ``client``.
 
     Returns:
         ``out_raster``: a tiled, compressed GeoTIFF with the input's CRS, transform, width and
@@ -96,14 +103,22 @@ def predict_raster(model, in_raster: str | os.PathLike, out_raster: str | os.Pat
                                    owned=is_toolkit_raster, what="a prediction")
     pad = check_settings(model, padding, threshold, batch_size)
     options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
+    from toolkit.models.backends import accelerate, check_backend
+
+    check_backend(backend)
     if client is not None:
         from toolkit.distributed import predict_raster_distributed
 
+        if precision != "fp32":
+            raise ValueError("precision='int8' runs in one process (it calibrates on the scene); predict without client.")
+  # checked here; resolved on each worker
         return predict_raster_distributed(model, in_raster, out_raster, client=client, pad=pad,
                                           options=options, band_rows=band_rows, timeout=timeout,
-                                          progress=progress, overwrite=overwrite)
+                                          progress=progress, overwrite=overwrite, backend=backend)
     with streaming_env(), open_raster(in_raster, "in_raster") as src:
         scene = Scene.of(src, model, pad, threshold)
+        calibration = calibration_windows(model, src, scene) if precision == "int8" else None
+        model = accelerate(model, backend, precision=precision, calibration=calibration)
         rows = predict_rows(model, src, scene, 0, scene.grid.ny, options, progress=progress)
         with atomic_file(out_raster, overwrite=overwrite, owned=is_toolkit_raster) as tmp, \
                 rasterio.open(tmp, "w", **scene.profile) as dst:
@@ -264,6 +279,25 @@ def predict_rows(model, src, scene: Scene, k0: int, k1: int, options: RowOptions
             acc[:, -stride_h:] = 0
             wsum[:-stride_h] = wsum[stride_h:]
             wsum[-stride_h:] = 0
+
+
+def calibration_windows(model, src, scene: Scene, n: int = 32) -> np.ndarray:
+    """Up to ``n`` normalised windows ``(n, bands, h, w)`` of ``src`` spread over the scene (window
+    rows and columns evenly apart), those mostly holding data: what int8 calibrates on."""
+    grid = scene.grid
+    side = max(1, math.ceil(math.sqrt(n)))
+    rows = sorted({int(k) for k in np.linspace(0, grid.ny - 1, min(side, grid.ny))})
+    cols = sorted({int(j) for j in np.linspace(0, grid.nx - 1, min(side, grid.nx))})
+    windows = []
+    for k in rows:
+        x, has_data = _read_strip(model, src, scene, k)
+        for j in cols:
+            s = j * grid.stride_w
+            if has_data[:, s:s + grid.chip_w].mean() >= 0.5:
+                windows.append(x[:, :, s:s + grid.chip_w])
+    if not windows:
+        raise ValueError(f"in_raster {src.name}: no window holds data to calibrate int8 on.")
+    return np.stack(windows[:n]).astype(np.float32)
 
 
 def _read_strip(model, src, scene: Scene, k: int, previous=None):

@@ -236,8 +236,10 @@ class ArcGISImageTranslation:
     def _translation(self, convert_to: str):
         """One direction of the model (loaded once), taking the bands Pro extracts (all of the block)."""
         if convert_to not in self._directions:
+            from toolkit.models.backends import accelerate
+
             t = self._load(self.emd_path, convert_to if self._two_way else None, device=self.device)
-            self._directions[convert_to] = t
+            self._directions[convert_to] = accelerate(t)  # the fastest exact path (OpenVINO, ONNX Runtime...)
         t = self._directions[convert_to]
         self.extract_bands = list(t.extract_bands) if t.extract_bands else list(range(t.n_bands_in))
         return replace(t, extract_bands=None)  # Pro delivers only the extractBands

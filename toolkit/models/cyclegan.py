@@ -274,7 +274,8 @@ class CycleGAN(CycleGANSpec, TranslationModel):
         net = getattr(self, network)
         norms = (self.target_norm, self.input_norm) if swap else (self.input_norm, self.target_norm)
         return self._translation(lambda x: self._run(net, x), *norms, name,
-                                 cell_size=self.config.get(cell_key), convert_to=convert_to)
+                                 cell_size=self.config.get(cell_key), convert_to=convert_to, network=net,
+                                 device=self.device)
 
     def generate(self, x: np.ndarray, convert_to: str = "b", tta: bool = False) -> np.ndarray:
         """Normalised ``(n, bands, h, w)`` of the source domain in [-1, 1] -> the other domain's
@@ -304,14 +305,16 @@ class CycleGAN(CycleGANSpec, TranslationModel):
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                        convert_to: str = "b", padding: int | None = None, batch_size: int = 8,
                        overwrite: bool = False, progress: bool = True, tta: bool = False,
-                       client=None, timeout: float | None = 300.0) -> Path:
+                       client=None, timeout: float | None = 300.0, backend: str = "auto",
+                       precision: str = "fp32") -> Path:
         """Translate a whole scene of one domain into a georeferenced GeoTIFF of the other
         (``convert_to`` ``"b"`` or ``"a"``), blended as :func:`toolkit.inference.predict_raster`;
         with a ``dask.distributed.Client`` as ``client``, on its workers (save the model first),
         failing after ``timeout`` seconds without any worker."""
         return self._predict_raster(self.translation(convert_to), in_raster, out_raster, padding=padding,
                                     batch_size=batch_size, overwrite=overwrite, progress=progress, tta=tta,
-                                    client=client, timeout=timeout)
+                                    client=client, timeout=timeout, backend=backend,
+                                    precision=precision)
 
     # --- evaluation --------------------------------------------------------------------------------
 

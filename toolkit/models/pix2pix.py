@@ -205,7 +205,8 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
         self.direction(self.config, convert_to)
         return self._translation(lambda x: self._generate(x), self.input_norm, self.target_norm,
                                  "model", extract_bands=self.config.get("extract_bands"),
-                                 footprint_settings=self.footprint_settings)
+                                 footprint_settings=self.footprint_settings, network=self.generator,
+                                 device=self.device)
 
     def generate(self, x: np.ndarray, tta: bool = False) -> np.ndarray:
         """Normalised ``(n, bands, h, w)`` in [-1, 1] -> generator output ``(n, bands_out, h, w)``
@@ -259,15 +260,18 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
     def predict_raster(self, in_raster: str | os.PathLike, out_raster: str | os.PathLike, *,
                        padding: int | None = None, batch_size: int = 8, threshold: float | None = None,
                        overwrite: bool = False, progress: bool = True, tta: bool = False,
-                       client=None, timeout: float | None = 300.0) -> Path:
+                       client=None, timeout: float | None = 300.0, backend: str = "auto",
+                       precision: str = "fp32") -> Path:
         """Translate a whole scene into a georeferenced GeoTIFF, window by window with Hann-weighted
         blending of overlaps (no seams); ``tta=True`` averages each window over its flips and
         90-degree rotations first; with a ``dask.distributed.Client`` as ``client``, bands of the
         scene run on its workers (save the model first), failing after ``timeout`` seconds
-        without any worker; see :func:`toolkit.inference.predict_raster`."""
+        without any worker; ``backend`` where the generator runs (default the fastest exact path
+        installed, :mod:`toolkit.models.backends`); see :func:`toolkit.inference.predict_raster`."""
         return self._predict_raster(self.translation(), in_raster, out_raster, padding=padding,
                                     batch_size=batch_size, threshold=threshold, overwrite=overwrite,
-                                    progress=progress, tta=tta, client=client, timeout=timeout)
+                                    progress=progress, tta=tta, client=client, timeout=timeout, backend=backend,
+                                    precision=precision)
 
     # --- evaluation --------------------------------------------------------------------------------
 

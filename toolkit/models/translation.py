@@ -12,7 +12,7 @@ runs in ArcGIS Pro's Python beside arcgis.learn (which needs fastai 1). Training
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +49,10 @@ class Translation(BandCounts):
     footprint_settings: dict | None = None
     name: str = "model"  # for messages
     convert_to: str | None = None  # the direction, on models that have two (CycleGAN "a"/"b")
+    # the generator that ``forward`` runs, where known: toolkit.models.backends can then run it
+    # elsewhere (OpenVINO, ONNX Runtime); None for a forward given as a plain function
+    network: nn.Module | None = field(default=None, repr=False, compare=False)
+    device: torch.device | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_mask(self) -> bool:
@@ -195,7 +199,7 @@ def make_translation(spec, config: dict, networks: dict[str, nn.Module], input_n
     cell = config.get(cell_key)
     return Translation(forward=lambda x: run_network(net, x, device), input_norm=inputs, target_norm=targets,
                        chip_size=size_tuple(config["chip_size"]), cell_size=tuple(cell) if cell else None,
-                       name=name, convert_to=convert_to, **kwargs)
+                       name=name, convert_to=convert_to, network=net, device=device, **kwargs)
 
 
 def load_translation(path: str | os.PathLike, convert_to: str | None = None, *,
