@@ -32,6 +32,7 @@ How the work is shared:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -190,7 +191,7 @@ def wait_for_progress(client, futures, timeout: float | None, what: str) -> set:
 
 def check_timeout(timeout) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0 or timeout != timeout or timeout == float("inf")):
+                                or not (math.isfinite(timeout) and timeout > 0)):
         raise ValueError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}.")
 
 

@@ -124,44 +124,30 @@ def compile_forward(net: nn.Module, chip: tuple[int, int, int], device: torch.de
     """A function ``(n, bands, h, w)`` float32 numpy -> ``(n, bands_out, h, w)`` float32 numpy
     running ``net`` (eval mode, no gradients) on ``backend``; ``chip`` is ``(bands, h, w)``.
     ``None`` where PyTorch is the backend (the model's own forward pass is the one to use)."""
-    from toolkit.models.translation import run_network
-
     device = torch.device(device)
     chosen = choose_backend(backend, device)
     if chosen == "torch" or (backend == "auto" and spread_normalised(net)):
         return None
-    threads = torch.get_num_threads()
-    key = (_weights_hash(net), tuple(chip), chosen, threads)
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            compiled = _CACHE[key]
-            if compiled is None and backend != "auto":
-                raise ValueError(f"{type(net).__name__} does not run on {chosen} as in PyTorch (see the "
-                                 "earlier warning); use backend='torch'.")
-        else:
-            try:
-                compiled = _compile(net, chip, chosen, threads)
-                _probe(compiled, net, chip, chosen)
-            except Exception as err:
-                if backend != "auto":
-                    raise
-                # a network the exporter or runtime treats otherwise: exact in PyTorch, only slower
-                warnings.warn(f"{type(net).__name__} does not run on {chosen} as in PyTorch ({err}); it "
-                              "runs in PyTorch.", stacklevel=3)
-                compiled = None
-            _CACHE[key] = compiled
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    if compiled is None:
-        return None
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        if tuple(x.shape[1:]) != tuple(chip):
-            return run_network(net, x, device)  # another size than the compiled chip
-        return compiled(np.ascontiguousarray(x, dtype=np.float32))
-
-    return forward
+    key = (_weights_hash(net), tuple(chip), chosen, torch.get_num_threads())
+    found, compiled = _cached(key)
+    if found and compiled is None and backend != "auto":
+        raise ValueError(f"{type(net).__name__} does not run on {chosen} as in PyTorch (see the earlier "
+                         "warning); use backend='torch'.")
+    if not found:
+        cpu = _cpu_copy(net)
+        try:
+            with tempfile.TemporaryDirectory(prefix="toolkit-onnx-") as folder:
+                compiled = _runtime(_export_onnx(cpu, chip, Path(folder) / "generator.onnx"), chosen, key[3])
+            _probe(compiled, cpu, chip, chosen)
+        except Exception as err:
+            if backend != "auto":
+                raise
+            # a network the exporter or runtime treats otherwise: exact in PyTorch, only slower
+            warnings.warn(f"{type(net).__name__} does not run on {chosen} as in PyTorch ({err}); it "
+                          "runs in PyTorch.", stacklevel=3)
+            compiled = None
+        _store(key, compiled)
+    return None if compiled is None else _chip_sized(compiled, net, chip, device)
 
 
 def spread_normalised(net: nn.Module) -> bool:
@@ -171,14 +157,12 @@ def spread_normalised(net: nn.Module) -> bool:
     return any(isinstance(m, kinds) for m in net.modules())
 
 
-def _probe(compiled: Callable, net: nn.Module, chip: tuple[int, int, int], backend: str) -> None:
-    """``ValueError`` when ``compiled`` differs from PyTorch on a fixed probe batch by more than
-    :data:`PROBE_TOLERANCE` of the output's largest magnitude."""
-    import copy
-
+def _probe(compiled: Callable, cpu: nn.Module, chip: tuple[int, int, int], backend: str) -> None:
+    """``ValueError`` when ``compiled`` differs from PyTorch (``cpu``: the network on the CPU) on a
+    fixed probe batch by more than :data:`PROBE_TOLERANCE` of the output's largest magnitude."""
     x = np.random.default_rng(0).uniform(-1, 1, (2, *chip)).astype(np.float32)
     with torch.no_grad():
-        expected = copy.deepcopy(net).float().cpu().eval()(torch.from_numpy(x)).numpy()
+        expected = cpu(torch.from_numpy(x)).numpy()
     difference = float(np.max(np.abs(compiled(x) - expected)))
     scale = max(float(np.max(np.abs(expected))), 1e-6)
     if not difference <= PROBE_TOLERANCE * scale:
@@ -195,21 +179,53 @@ def _weights_hash(net: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _compile(net: nn.Module, chip: tuple[int, int, int], backend: str, threads: int) -> Callable:
-    """Export ``net`` to ONNX (a temporary file, removed once compiled) and compile it."""
+def _cached(key: tuple) -> tuple[bool, Callable | None]:
+    """``(found, value)`` of the per-process cache of compiled networks."""
+    with _LOCK:
+        if key not in _CACHE:
+            return False, None
+        _CACHE.move_to_end(key)
+        return True, _CACHE[key]
+
+
+def _store(key: tuple, value: Callable | None) -> None:
+    with _LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+
+
+def _cpu_copy(net: nn.Module) -> nn.Module:
+    """A float32 copy of ``net`` on the CPU in eval mode (the model's own stays as it is)."""
     import copy
 
-    cpu = copy.deepcopy(net).float().cpu().eval()
-    with tempfile.TemporaryDirectory(prefix="toolkit-onnx-") as folder:
-        path = Path(folder) / "generator.onnx"
-        example = torch.zeros((1, *chip), dtype=torch.float32)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's notes on its own deprecation
-            torch.onnx.export(cpu, (example,), str(path), input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-        if backend == "openvino":
-            return _openvino(path, threads)
-        return _onnxruntime(path, threads)
+    return copy.deepcopy(net).float().cpu().eval()
+
+
+def _export_onnx(cpu: nn.Module, chip: tuple[int, int, int], path: Path) -> Path:
+    """``cpu`` as ONNX at ``path``: input ``x`` ``(n, *chip)``, output ``y``, any batch size."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own deprecation
+        torch.onnx.export(cpu, (torch.zeros((1, *chip), dtype=torch.float32),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    return path
+
+
+def _runtime(path: Path, backend: str, threads: int) -> Callable:
+    """The ONNX graph at ``path`` compiled by ``backend`` (read fully: ``path`` may go afterwards)."""
+    return _openvino(path, threads) if backend == "openvino" else _onnxruntime(path, threads)
+
+
+def _chip_sized(run: Callable, net: nn.Module, chip: tuple[int, int, int], device: torch.device) -> Callable:
+    """``run`` for batches of ``chip``-sized inputs, PyTorch (``net``) for any other size."""
+    from toolkit.models.translation import run_network
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        if tuple(x.shape[1:]) != tuple(chip):
+            return run_network(net, x, device)  # another size than the compiled chip
+        return run(np.ascontiguousarray(x, dtype=np.float32))
+
+    return forward
 
 
 def quantized_forward(net: nn.Module, chip: tuple[int, int, int], device: torch.device, backend: str,
@@ -227,56 +243,36 @@ def quantized_forward(net: nn.Module, chip: tuple[int, int, int], device: torch.
     if calibration is None or len(calibration) == 0:
         raise ValueError("precision='int8' needs calibration windows: normalised chips of the data to predict.")
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
-    threads = torch.get_num_threads()
-    key = (_weights_hash(net), tuple(chip), chosen, threads, "int8",
+    key = (_weights_hash(net), tuple(chip), chosen, torch.get_num_threads(), "int8",
            hashlib.sha256(calibration.tobytes()).hexdigest())
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    found, run = _cached(key)
+    if not found:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    class Windows(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calibration[i:i + 1] for i in range(len(calibration)))
+        class Windows(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter(calibration[i:i + 1] for i in range(len(calibration)))
 
-        def get_next(self):
-            item = next(self.items, None)
-            return None if item is None else {"x": item}
+            def get_next(self):
+                item = next(self.items, None)
+                return None if item is None else {"x": item}
 
-    import copy
-
-    cpu = copy.deepcopy(net).float().cpu().eval()
-    with tempfile.TemporaryDirectory(prefix="toolkit-int8-") as folder:
-        fp32, int8 = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_root_logger():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(cpu, (torch.zeros((1, *chip)),), str(fp32), input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-            quantize_static(str(fp32), str(int8), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        run = _openvino(int8, threads) if chosen == "openvino" else _onnxruntime(int8, threads)
-    with torch.no_grad():
-        reference = cpu(torch.from_numpy(calibration)).numpy()
-    change = float(np.mean(np.abs(run(calibration) - reference)))
-    if change > INT8_TOLERANCE:
-        warnings.warn(f"the {name} in int8 changes its output by {change:.3f} on average over "
-                      f"{len(calibration)} calibration windows (in [-1, 1] units; tolerance "
-                      f"{INT8_TOLERANCE}): check the result, or predict in fp32.", stacklevel=3)
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        if tuple(x.shape[1:]) != tuple(chip):
-            from toolkit.models.translation import run_network
-
-            return run_network(net, x, device)
-        return run(np.ascontiguousarray(x, dtype=np.float32))
-
-    forward.mean_change = change  # what the calibration measured, for reports
-    with _LOCK:
-        _CACHE[key] = forward
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return forward
+        cpu = _cpu_copy(net)
+        with tempfile.TemporaryDirectory(prefix="toolkit-int8-") as folder:
+            fp32, int8 = _export_onnx(cpu, chip, Path(folder) / "fp32.onnx"), Path(folder) / "int8.onnx"
+            with _quiet_root_logger():
+                quantize_static(str(fp32), str(int8), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            run = _runtime(int8, chosen, key[3])
+        with torch.no_grad():
+            reference = cpu(torch.from_numpy(calibration)).numpy()
+        change = float(np.mean(np.abs(run(calibration) - reference)))
+        if change > INT8_TOLERANCE:
+            warnings.warn(f"the {name} in int8 changes its output by {change:.3f} on average over "
+                          f"{len(calibration)} calibration windows (in [-1, 1] units; tolerance "
+                          f"{INT8_TOLERANCE}): check the result, or predict in fp32.", stacklevel=3)
+        _store(key, run)
+    return _chip_sized(run, net, chip, device)
 
 
 @contextlib.contextmanager
