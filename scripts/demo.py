@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -40,34 +41,52 @@ import torch  # noqa: E402
 
 from toolkit import Pix2Pix, datasets, export_training_data, prepare_data, vectorize, write_vector  # noqa: E402
 from toolkit._fs import atomic_file  # noqa: E402
+from toolkit.config import DataConfig, ExportConfig, FitConfig, Pix2PixConfig  # noqa: E402
 from toolkit.data.split import split_scene  # noqa: E402
 from toolkit.metrics import footprint_scores  # noqa: E402
 from toolkit.raster import clip_raster  # noqa: E402
 from toolkit.viz import plot_footprints  # noqa: E402
 
-# Settings per sample and device. Banepa's CPU recipe was measured on the held-out east third
-# (benchmarks/README.md, "Footprints on ground the model has not seen"): within the demo's
-# 15 minutes on 2 cores, the U-Net without the adversarial term (gan_weight 0: the discriminator
-# costs a third of every step and did not raise the held-out scores) at lr 2e-3, with the
-# default augmentation for masks, kept as trained to the end of its one-cycle schedule. On a
-# GPU, the paper's sizes and loss.
-SETTINGS = {
-    "banepa_buildings": {
-        "cpu": {"tile_size": 128, "stride": 64, "ngf": 32, "batch_size": 4, "epochs": 220, "lr": 2e-3,
-                "gan_weight": 0.0},
-        "gpu": {"tile_size": 256, "stride": 64, "ngf": 64, "batch_size": 4, "epochs": 200, "lr": 2e-4,
-                "gan_weight": 1.0},
-    },
-    "atlanta_buildings": {
-        "cpu": {"tile_size": 128, "stride": 64, "ngf": 32, "batch_size": 4, "epochs": 80, "lr": 2e-4,
-                "gan_weight": 1.0},
-        "gpu": {"tile_size": 256, "stride": 64, "ngf": 64, "batch_size": 4, "epochs": 100, "lr": 2e-4,
-                "gan_weight": 1.0},
-    },
+# Settings per sample and device, as the toolkit's stage configs (toolkit.config). Banepa's CPU
+# recipe was measured on the held-out east third (benchmarks/README.md, "Footprints on ground
+# the model has not seen"): within the demo's 15 minutes on 2 cores, the U-Net without the
+# adversarial term (gan_weight 0: the discriminator costs a third of every step and did not raise
+# the held-out scores) at lr 2e-3, with the default augmentation for masks, kept as trained to the
+# end of its one-cycle schedule (no checkpoints). On a GPU, the paper's sizes and loss.
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The demo's settings of each stage."""
+
+    export: ExportConfig
+    data: DataConfig
+    model: Pix2PixConfig
+    fit: FitConfig
+
+    def to_dict(self) -> dict:
+        return {stage: getattr(self, stage).to_dict() for stage in ("export", "data", "model", "fit")}
+
+
+def recipe(tile_size: int, ngf: int, batch_size: int, epochs: int, lr: float, gan_weight: float) -> Recipe:
+    """Footprints with an outline class (2 px), class-balanced L1, ``ngf`` filters in both networks."""
+    return Recipe(ExportConfig(tile_size=tile_size, stride=64, contour_width=2),
+                  DataConfig(batch_size=batch_size, seed=0),
+                  Pix2PixConfig(ngf=ngf, ndf=ngf, gan_weight=gan_weight, class_balance=True),
+                  FitConfig(epochs=epochs, lr=lr, checkpoint="none"))
+
+
+RECIPES = {
+    ("banepa_buildings", "cpu"): recipe(128, 32, 4, 220, 2e-3, 0.0),
+    ("banepa_buildings", "gpu"): recipe(256, 64, 4, 200, 2e-4, 1.0),
+    ("atlanta_buildings", "cpu"): recipe(128, 32, 4, 80, 2e-4, 1.0),
+    ("atlanta_buildings", "gpu"): recipe(256, 64, 4, 100, 2e-4, 1.0),
 }
 # TOOLKIT_QUICK=1, as for the notebooks: a tiny network and two epochs, to check every step (the
 # test suite runs the demo so); the scores are then meaningless.
-QUICK = {"tile_size": 64, "stride": 64, "ngf": 8, "batch_size": 8, "epochs": 2, "lr": 1e-3, "gan_weight": 1.0}
+QUICK = Recipe(ExportConfig(tile_size=64, stride=64, contour_width=2), DataConfig(batch_size=8, seed=0),
+               Pix2PixConfig(ngf=8, ndf=8, gan_weight=1.0, class_balance=True),
+               FitConfig(epochs=2, lr=1e-3, checkpoint="none"))
 TRAIN_SHARE = 2 / 3  # the west two thirds train, the east third is held out
 VALIDATION_ROWS = 192  # the validation strip: the northern rows of the training area
 
@@ -90,7 +109,7 @@ def main(out: Path) -> dict:
         print(f"The Banepa sample could not be fetched, so this demo runs on the SpaceNet Atlanta tile "
               f"(43 buildings) instead:\n  {fallback}\n")
     device = "gpu" if torch.cuda.is_available() else "cpu"
-    settings = QUICK if os.environ.get("TOOLKIT_QUICK") == "1" else SETTINGS[sample.name][device]
+    settings = QUICK if os.environ.get("TOOLKIT_QUICK") == "1" else RECIPES[sample.name, device]
     truth = gpd.read_file(sample["footprints"])
     split = split_scene(sample["image"], TRAIN_SHARE, VALIDATION_ROWS)
     east, west, strip = split.held_out, split.train, split.validation
@@ -101,18 +120,18 @@ def main(out: Path) -> dict:
     print(f"  {sample['image'].name}: {width} x {height} px; {len(truth)} footprints")
     print(f"  training area: the west {train_columns} columns (validation strip: their northern "
           f"{VALIDATION_ROWS} rows); held out: the east {width - train_columns} columns")
-    print(f"Settings ({device.upper()}{', quick' if settings is QUICK else ''}): {settings}")
+    print(f"Settings ({device.upper()}{', quick' if settings is QUICK else ''}): {settings.to_dict()}")
 
     # 1. Training chips from the west part, footprint outlines as their own class.
     train_area = clip_raster(sample["image"], work / "train_area.tif", overwrite=True, window=split.train_window)
-    summary = export_training_data(train_area, out / "chips", in_class_data=sample["footprints"],
-                                   tile_size=settings["tile_size"], stride=settings["stride"],
-                                   contour_width=2, output_nofeature_tiles=False, overwrite=True)
+    export = replace(settings.export, in_class_data=str(sample["footprints"]))
+    summary = export_training_data(train_area, out / "chips", output_nofeature_tiles=False, overwrite=True,
+                                   **export.kwargs())
     print(f"\n1. {summary}")
 
     # 2. DataLoaders: the validation chips lie in the strip, on ground no training chip covers
     #    (chips across its edge are left out), so checkpoint choice and tuning are honest.
-    data = prepare_data(summary.out_folder, batch_size=settings["batch_size"], seed=0, validation_area=strip)
+    data = prepare_data(summary.out_folder, validation_area=strip, **settings.data.kwargs())
     print(f"2. {data}")
     _save(data.show_batch(rows=4), out / "show_batch.png", sample.credit)
 
@@ -121,10 +140,9 @@ def main(out: Path) -> dict:
     #    worse on held-out ground than the last one (benchmarks/README.md): too few buildings to
     #    choose an epoch by.
     torch.manual_seed(0)
-    model = Pix2Pix(data, ngf=settings["ngf"], ndf=settings["ngf"], gan_weight=settings["gan_weight"],
-                    class_balance=True, working_dir=work / "models")
-    print(f"3. {model}: fit({settings['epochs']}, lr={settings['lr']})")
-    model.fit(settings["epochs"], lr=settings["lr"], checkpoint=False)
+    model = Pix2Pix(data, working_dir=work / "models", **settings.model.kwargs())
+    print(f"3. {model}: fit({settings.fit.epochs}, lr={settings.fit.lr})")
+    model.fit(**settings.fit.kwargs())
     _save(model.plot_losses(), out / "loss_graph.png")
     _save(model.show_results(rows=4), out / "show_results.png", sample.credit)
     validation = model.compute_metrics()
@@ -176,7 +194,7 @@ def main(out: Path) -> dict:
                "split": {"train_columns": train_columns, "validation_rows": VALIDATION_ROWS,
                          "train_chips": len(data.train_ds), "validation_chips": len(data.valid_ds),
                          "left_out_chips": len(data.left_out)},
-               "settings": settings, "device": "cuda" if torch.cuda.is_available() else "cpu",
+               "settings": settings.to_dict(), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "seconds": round(time.perf_counter() - start, 1)}
     with atomic_file(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -5,6 +5,8 @@
     data = prepare_data("chips", batch_size=8)
 
 Heavy parts (torch, fastai) are imported only when first used, so ``import toolkit`` is quick.
+
+Layer: the package's names; each is imported from its module (any layer) when first used.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _EXPORTS = {
     "load_model": "toolkit.models",
     "load_translation": "toolkit.models",
     "predict_raster": "toolkit.inference",
-    "predict_rasters": "toolkit.distributed",
+    "predict_rasters": "toolkit.scenes",
     "vectorize": "toolkit.vector",
     "write_vector": "toolkit.vector",
     "metrics": "toolkit.metrics",

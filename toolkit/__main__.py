@@ -1,4 +1,7 @@
-"""``python -m toolkit``: the ``toolkit`` command (:mod:`toolkit.cli`)."""
+"""``python -m toolkit``: the ``toolkit`` command (:mod:`toolkit.cli`).
+
+Layer: front doors.
+"""
 
 import sys
 

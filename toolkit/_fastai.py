@@ -1,4 +1,7 @@
-"""Importing fastai without its warnings about torch APIs that fastai itself uses."""
+"""Importing fastai without its warnings about torch APIs that fastai itself uses.
+
+Layer: formats, I/O and runtime.
+"""
 
 from __future__ import annotations
 

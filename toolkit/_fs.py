@@ -15,6 +15,8 @@ and never an input.**
   file in it is listed in a manifest of the same kind (:func:`check_output_folder`).
 - Files are created with ``open()``'s usual mode under the process umask (the umask itself is
   never touched: it is process-wide and other threads may be creating files).
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 So ``import toolkit`` is quick, and a package's fastai-free modules (``toolkit.data.layouts``,
 ``toolkit.models.translation``...) import without the package's fastai-based ones.
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

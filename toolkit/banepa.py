@@ -19,6 +19,8 @@ and the footprints as a GeoPackage in its CRS, clipped to it.
 
 This sits at the bottom of the package beside :mod:`toolkit.datasets`, which imports it only
 when this sample is asked for (so ``datasets`` itself runs on the standard library alone).
+
+Layer: data.
 """
 
 from __future__ import annotations

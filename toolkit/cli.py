@@ -18,6 +18,8 @@ number outside its option's range); 130 interrupted (Ctrl-C); 143 terminated (SI
 ``timeout``, SLURM and Kubernetes send). Interrupted or terminated, nothing half-written is
 left, and ``toolkit train --resume`` continues a fit. Only the JSON result goes to stdout;
 progress bars, tables and messages go to stderr.
+
+Layer: front doors.
 """
 
 from __future__ import annotations
@@ -25,77 +27,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
 from pathlib import Path
 
+from toolkit import config
+from toolkit.config import Number, SizeOption, add_options, from_options
+
 __all__ = ["main"]
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
-MAX_PIXELS = 16384  # chip and tile sides: larger is a typo, and would allocate gigabytes per chip
-
-
-class Number:
-    """An argparse type: a finite int or float within ``low .. high`` (either may be open:
-    ``None``); anything else is a usage error (exit 2) that states the range."""
-
-    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
-                 above: bool = False) -> None:
-        self.kind, self.low, self.high, self.above = kind, low, high, above
-        self.__name__ = self.range  # argparse names the type in its message
-
-    @property
-    def range(self) -> str:
-        word = "an integer" if self.kind is int else "a number"
-        if self.low is not None and self.high is not None:
-            return f"{word} from {self.low:g} to {self.high:g}"
-        if self.low is not None:
-            return f"{word} {'>' if self.above else '>='} {self.low:g}"
-        return f"{word} <= {self.high:g}" if self.high is not None else word
-
-    def accepts(self, value: float) -> bool:
-        return math.isfinite(value) and (self.low is None or (value > self.low if self.above else value >= self.low)) \
-            and (self.high is None or value <= self.high)
-
-    def __call__(self, text: str):
-        try:
-            value = self.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {self.range}, got {text!r}") from None
-        if not self.accepts(value):
-            raise argparse.ArgumentTypeError(f"expected {self.range}, got {text!r}")
-        return value
-
-
-class Size(Number):
-    """``256`` or ``256,128`` (width,height): whole pixels from 1 to :data:`MAX_PIXELS`."""
-
-    def __init__(self) -> None:
-        super().__init__(int, 1, MAX_PIXELS)
-
-    @property
-    def range(self) -> str:
-        return f"N or WIDTH,HEIGHT, whole pixels from 1 to {MAX_PIXELS}"
-
-    def __call__(self, text: str):
-        try:
-            parts = [super(Size, self).__call__(p) for p in text.split(",")]
-        except argparse.ArgumentTypeError:
-            parts = []
-        if len(parts) not in (1, 2):
-            raise argparse.ArgumentTypeError(f"expected {self.range}, got {text!r}")
-        return parts[0] if len(parts) == 1 else (parts[0], parts[1])
-
-
-_size = Size()
-POSITIVE = Number(int, 1)
-COUNT = Number(int, 0)  # 0 allowed (e.g. --contour-width 0: no outline class)
-FRACTION = Number(float, 0, 1)
+Size = SizeOption  # the option type of chip and tile sizes
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line. The settings' options are generated from the stage configs of
+    :mod:`toolkit.config` (name, type, range, default, help); written here are only the
+    positional paths and what concerns the command itself (where to write, whether to replace,
+    where to run)."""
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -104,54 +54,30 @@ def _parser() -> argparse.ArgumentParser:
                             description="export_training_data: cut IN_RASTER into training chips in Esri's layout.")
     p.add_argument("in_raster")
     p.add_argument("out_folder")
-    p.add_argument("--additional-input-raster", help="the paired target raster (Export_Tiles), or domain B (CycleGAN)")
-    p.add_argument("--in-class-data", help="polygons or a class raster (Classified_Tiles)")
-    p.add_argument("--metadata-format", choices=["Export_Tiles", "Classified_Tiles", "CycleGAN"])
-    p.add_argument("--tile-size", type=_size, default=256)
-    p.add_argument("--stride", type=_size)
-    p.add_argument("--class-value-field")
-    p.add_argument("--contour-width", type=Number(int, 0, 255), default=0, help="outline class width in pixels (0: none)")
-    p.add_argument("--resize-to", type=_size)
-    p.add_argument("--image-chip-format", default="TIFF", help="TIFF, PNG or JPEG (Pro's values; tif/png/jpg too)")
-    p.add_argument("--start-index", type=COUNT, default=0, help="number of the first chip")
-    p.add_argument("--in-mask-polygons", help="write only the chips that lie completely inside these polygons")
-    p.add_argument("--buffer-radius", type=Number(float, 0), default=0.0,
-                   help="point features become circles of this radius (raster CRS units)")
-    p.add_argument("--rotation-angle", type=Number(float, 0, 360), default=0.0,
-                   help="also export each chip rotated by this angle, twice it... below 360 degrees")
+    add_options(p, config.ExportConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the toolkit")
 
     p = commands.add_parser("train", help="train a model on a chip folder and save it",
-                            description="prepare_data + Pix2Pix/CycleGAN + fit + save.")
+                            description="prepare_data + Pix2Pix/CycleGAN + fit + save. Settings come from "
+                                        "--config (a YAML or JSON run, or a saved model's .emd), then the "
+                                        "options given.")
     p.add_argument("chips")
-    p.add_argument("--model", choices=["pix2pix", "cyclegan"], default="pix2pix")
+    p.add_argument("--model", choices=sorted(config.MODEL_CONFIGS), help="the model (default pix2pix, or --config's)")
     p.add_argument("--out", required=True, help="folder to save the model in (its name names the files)")
-    p.add_argument("--epochs", type=Number(int, 1, 100000), default=10)
-    p.add_argument("--batch-size", type=Number(int, 1, 65536), default=8)
-    p.add_argument("--lr", type=Number(float, 0, 10, above=True), help="learning rate (default 2e-4)")
-    p.add_argument("--ngf", type=Number(int, 1, 1024), default=64, help="generator filters of the first layer")
-    p.add_argument("--ndf", type=Number(int, 1, 1024), default=64, help="discriminator filters of the first layer")
-    p.add_argument("--gen-blocks", type=Number(int, 0, 64), default=9, help="CycleGAN: residual blocks per generator")
-    p.add_argument("--chip-size", type=_size, help="crop chips to this size")
-    p.add_argument("--val-split-pct", type=Number(float, 0, 1, above=True), default=0.1,
-                   help="share of the chips kept for validation (above 0, below 1)")
-    p.add_argument("--seed", type=Number(int, 0, 2**32 - 1), default=42)
-    p.add_argument("--schedule", choices=["linear"], help="constant, then linear decay (else one-cycle)")
-    p.add_argument("--class-balance", action="store_true", help="Pix2Pix on class masks: balanced L1")
-    p.add_argument("--lambda-l1", type=Number(float, 0), default=100.0, help="Pix2Pix: weight of the L1 term")
-    p.add_argument("--gan-weight", type=Number(float, 0), default=1.0,
-                   help="Pix2Pix: weight of the adversarial term (0: a plain L1 U-Net)")
-    p.add_argument("--norm", choices=["batch", "instance"], default="batch", help="Pix2Pix: normalisation layers")
+    p.add_argument("--config", metavar="FILE", help="a run to repeat: YAML or JSON (model, data, <model>, fit "
+                   "sections; toolkit.config.RunConfig) or a saved model's .emd")
+    add_options(p, config.DataConfig)
+    models = config.MODEL_CONFIGS.values()
+    for model_config in models:  # a setting several models share is one option, with each one's default
+        shared = tuple(f for f in model_config.defaults() if all(f in c.defaults() for c in models))
+        add_options(p, model_config, skip=shared, only_for=model_config.__name__.removesuffix("Config"))
+        add_options(p, model_config, default_text={
+            f: ", ".join(f"{c.defaults()[f]} ({c.__name__.removesuffix('Config')})" for c in models)
+            for f in shared if len({c.defaults()[f] for c in models}) > 1})
+    add_options(p, config.FitConfig)
     p.add_argument("--working-dir", help="checkpoints folder (default: beside --out)")
-    p.add_argument("--early-stopping", type=POSITIVE, metavar="EPOCHS",
-                   help="stop when the validation loss has not improved for this many epochs")
     p.add_argument("--resume", action="store_true",
                    help="continue the last unfinished fit of this --working-dir from its checkpoint")
-    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronised batch norm")
-    p.add_argument("--monitor", default="valid_loss", help="what decides the best epoch (valid_loss, psnr, ssim...)")
-    p.add_argument("--checkpoint", choices=["best", "all", "none"], default="best",
-                   help="checkpoints: the last and best epoch (default), one per epoch too, or none")
-    p.add_argument("--tensorboard", action="store_true", help="log to <working dir>/training_log/ for TensorBoard")
     p.add_argument("--overwrite", action="store_true", help="replace a model the toolkit saved at --out")
 
     p = commands.add_parser("predict", help="a saved model over whole scenes -> GeoTIFFs",
@@ -161,35 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("rasters", nargs="+", metavar="IN_RASTER... OUT",
                    help="the scene(s), then the output raster (one scene) or folder (several, or an existing folder)")
-    p.add_argument("--convert-to", choices=["a", "b"], help="CycleGAN: the direction (default b)")
-    p.add_argument("--padding", type=COUNT, help="overlap on each side of a window, in pixels "
-                   "(below half the chip; default a quarter of it)")
-    p.add_argument("--batch-size", type=Number(int, 1, 65536), default=8)
-    p.add_argument("--threshold", type=FRACTION, help="mask models: write a class raster (a score from 0 to 1)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")
-    p.add_argument("--backend", choices=["auto", "openvino", "onnxruntime", "torch"], default="auto",
-                   help="where the generator runs: the fastest exact path installed (auto), or one named")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="int8: quantized on the CPU, calibrated on the scene (faster; see benchmarks/README.md)")
+    add_options(p, config.PredictConfig)
     p.add_argument("--scheduler", help="a Dask scheduler address: run on that cluster")
     p.add_argument("--workers", type=Number(int, 1, 1024), help="run on a local Dask cluster of this many processes")
-    p.add_argument("--timeout", type=Number(float, 0, above=True), default=600.0,
-                   help="with --scheduler or --workers: fail when no part of the work has finished for "
-                        "this many seconds (e.g. every worker dead)")
     p.add_argument("--overwrite", action="store_true", help="replace a prediction the toolkit wrote")
 
     p = commands.add_parser("vectorize", help="a footprint prediction -> polygons (GeoPackage)",
                             description="vectorize + write_vector; settings default to the prediction's tags.")
     p.add_argument("in_raster")
     p.add_argument("out_gpkg")
-    p.add_argument("--threshold", type=Number(float),
-                   help="footprint score (or class value) from which a pixel is footprint")
-    p.add_argument("--boundary-threshold", type=Number(float),
-                   help="outline score (or class value) from which a pixel is outline")
-    p.add_argument("--min-area", type=Number(float, 0), help="drop smaller polygons (CRS units squared)")
-    p.add_argument("--marker-erosion", type=Number(int, 0, 1000), help="erode watershed markers by this many pixels")
-    p.add_argument("--simplify-tolerance", type=Number(float, 0), default=0.0, help="in CRS units")
-    p.add_argument("--regularize", action="store_true")
+    add_options(p, config.VectorizeConfig)
     p.add_argument("--overwrite", action="store_true", help="replace a GeoPackage the toolkit wrote")
 
     p = commands.add_parser("info", help="what a chip folder or a saved model holds (JSON)")
@@ -203,40 +110,43 @@ def _parser() -> argparse.ArgumentParser:
 def _export(args) -> dict:
     from toolkit import export_training_data
 
-    summary = export_training_data(
-        args.in_raster, args.out_folder, additional_input_raster=args.additional_input_raster,
-        in_class_data=args.in_class_data, metadata_format=args.metadata_format, tile_size=args.tile_size,
-        stride=args.stride, class_value_field=args.class_value_field, contour_width=args.contour_width,
-        resize_to=args.resize_to, image_chip_format=args.image_chip_format, start_index=args.start_index,
-        in_mask_polygons=args.in_mask_polygons, buffer_radius=args.buffer_radius,
-        rotation_angle=args.rotation_angle, overwrite=args.overwrite, progress=True)
+    settings = from_options(config.ExportConfig, args)
+    summary = export_training_data(args.in_raster, args.out_folder, overwrite=args.overwrite, progress=True,
+                                   **settings.kwargs())
     return {"out_folder": str(summary.out_folder), "metadata_format": summary.metadata_format,
             "chips": summary.num_chips, "chips_b": summary.num_chips_b, "skipped": summary.skipped}
 
 
+def run_config(args) -> config.RunConfig:
+    """The run ``toolkit train`` does: ``--config``'s settings, then the options given."""
+    base = config.RunConfig.read(args.config) if args.config else config.RunConfig()
+    model = args.model or base.model
+    model_config = config.MODEL_CONFIGS[model]
+    for other, other_config in config.MODEL_CONFIGS.items():
+        foreign = [f for f in other_config.defaults() if f in vars(args) and f not in model_config.defaults()]
+        if foreign:
+            raise ValueError(f"{config.option_name(foreign[0])} is an option of --model {other}, not of {model}.")
+    own = base.model_config.to_dict() if base.model == model else {}
+    return config.RunConfig(model, from_options(config.DataConfig, args, base.data.to_dict()),
+                            from_options(model_config, args, own), from_options(config.FitConfig, args, base.fit.to_dict()))
+
+
 def _train(args) -> dict | None:
     """Under ``torchrun`` every process runs this; rank 0 alone reports (and saves)."""
-    from toolkit import CycleGAN, Pix2Pix, ddp, prepare_data
+    from toolkit import ddp, prepare_data
+    from toolkit.models.zoo import MODELS
 
+    run = run_config(args)
     out = Path(args.out).absolute()  # a bare name is a folder here, not in the working folder
-    dataset_type = "CycleGAN" if args.model == "cyclegan" else None
-    data = prepare_data(args.chips, batch_size=args.batch_size, val_split_pct=args.val_split_pct,
-                        seed=args.seed, dataset_type=dataset_type, chip_size=args.chip_size)
+    dataset_type = "CycleGAN" if run.model == "cyclegan" else None
+    data = prepare_data(args.chips, dataset_type=dataset_type, **run.data.kwargs())
     working_dir = args.working_dir or out.parent / f"{out.name}_work"
-    if args.model == "cyclegan":
-        model = CycleGAN(data, ngf=args.ngf, ndf=args.ndf, gen_blocks=args.gen_blocks, working_dir=working_dir)
-    else:
-        model = Pix2Pix(data, ngf=args.ngf, ndf=args.ndf, class_balance=args.class_balance,
-                        lambda_l1=args.lambda_l1, gan_weight=args.gan_weight, norm=args.norm,
-                        working_dir=working_dir)
+    model = MODELS[run.model](data, working_dir=working_dir, **run.model_config.kwargs())
     if ddp.is_main() and not ddp.launched():
         print(f"{model!r}: {len(data.train_ds)} training, {len(data.valid_ds)} validation chips", file=sys.stderr)
     if ddp.is_main():  # before the first epoch: a fit is not lost to a save that cannot happen
         model.check_save_path(out, overwrite=args.overwrite)
-    checkpoint = {"best": True, "all": "all", "none": False}[args.checkpoint]
-    model.fit(args.epochs, lr=args.lr, schedule=args.schedule, early_stopping=args.early_stopping or False,
-              checkpoint=checkpoint, tensorboard=args.tensorboard, monitor=args.monitor, resume=args.resume,
-              sync_bn=args.sync_bn, keep_until_saved=True)
+    model.fit(resume=args.resume, keep_until_saved=True, **run.fit.kwargs())
     try:
         emd = model.save(out, overwrite=args.overwrite)
     except Exception as err:
@@ -248,7 +158,7 @@ def _train(args) -> dict | None:
     if not ddp.is_main():
         return None
     return {"emd": str(emd), "dlpk": str(emd.with_suffix(".dlpk")), "metrics": model.metrics,
-            "processes": ddp.world_size(), "epochs_trained": len(model.history)}
+            "processes": ddp.world_size(), "epochs_trained": len(model.history), "run": run.to_dict()}
 
 
 def _predict(args) -> dict:
@@ -263,16 +173,7 @@ def _predict(args) -> dict:
     *scenes, out = args.rasters
     many = len(scenes) > 1 or Path(out).is_dir()
     model = load_model(args.model)
-    kwargs = dict(padding=args.padding, batch_size=args.batch_size, overwrite=args.overwrite, tta=args.tta,
-                  backend=args.backend)
-    if args.precision != "fp32":
-        kwargs["precision"] = args.precision
-    if args.scheduler or args.workers:
-        kwargs["timeout"] = args.timeout
-    if args.convert_to is not None:
-        kwargs["convert_to"] = args.convert_to
-    if args.threshold is not None:
-        kwargs["threshold"] = args.threshold
+    kwargs = dict(from_options(config.PredictConfig, args).kwargs(), overwrite=args.overwrite)
 
     def run(client=None) -> dict:
         if many:  # one task a scene on a cluster, one after the other here
@@ -294,10 +195,7 @@ def _predict(args) -> dict:
 def _vectorize(args) -> dict:
     from toolkit import vectorize, write_vector
 
-    settings = {k: getattr(args, k) for k in ("threshold", "boundary_threshold", "min_area", "marker_erosion")
-                if getattr(args, k) is not None}
-    polygons = vectorize(args.in_raster, simplify_tolerance=args.simplify_tolerance,
-                         regularize=args.regularize, **settings)
+    polygons = vectorize(args.in_raster, **from_options(config.VectorizeConfig, args).kwargs())
     out = write_vector(polygons, args.out_gpkg, overwrite=args.overwrite)
     return {"out_gpkg": str(out), "polygons": len(polygons), "crs": str(polygons.crs)}
 

@@ -32,6 +32,8 @@ scaling rule (lr x world size, with the one-cycle warm-up) is the usual starting
 A rank that fails raises in its own process; ``torchrun`` then stops the other ranks and exits
 non-zero with the failed rank's error. Collective calls time out after ``TOOLKIT_DDP_TIMEOUT``
 seconds (default 1800), so a rank that hangs without exiting cannot block the job for ever.
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Whole-scene inference on a Dask cluster: :func:`predict_raster_distributed` (what
-``predict_raster(..., client=client)`` runs) and :func:`predict_rasters` (many scenes).
+``predict_raster(..., client=client)`` runs), and the Dask parts that
+:func:`toolkit.scenes.predict_rasters` (many scenes) shares with it.
 
 How the work is shared:
 
@@ -17,7 +18,7 @@ How the work is shared:
   few window rows early for the overlaps, so the values are the same) and the client writes
   them, in row order, into one tiled, compressed GeoTIFF. At most ``2 * workers + 1`` bands are
   in flight, so the client holds a bounded number of bands whatever the scene's size.
-- **Many scenes** (:func:`predict_rasters`): one task per scene; the worker writes its output
+- **Many scenes** (:func:`toolkit.scenes.predict_rasters`): one task per scene; the worker writes its output
   itself (the output folder must be shared and writable by the workers).
 - **Failures.** A task that raises is re-run up to ``retries`` times (Dask's ``retries=``); a
   worker that dies has its tasks re-run elsewhere (Dask's ``allowed-failures``). A task that
@@ -28,6 +29,9 @@ How the work is shared:
   progress: when it has had no worker for ``timeout`` seconds (default
   :data:`DEFAULT_TIMEOUT`, ``toolkit predict --timeout``), the job fails with ``TimeoutError``
   and writes nothing. Slow tasks on live workers are waited for.
+
+Layer: front doors (Dask), on the inference core (:mod:`toolkit.windows`); below
+:mod:`toolkit.inference`, whose ``predict_raster`` dispatches here.
 """
 
 from __future__ import annotations
@@ -44,12 +48,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from toolkit._fs import atomic_file, check_not_input, check_output_file
-from toolkit.inference import (RowOptions, Scene, WindowGrid, _describe, as_translation,
-                               check_settings, predict_raster, predict_rows, write_in_order)
+from toolkit._fs import atomic_file
+from toolkit.config import PredictConfig
 from toolkit.raster import is_toolkit_raster, open_raster, streaming_env
+from toolkit.windows import RowOptions, Scene, WindowGrid, _describe, predict_rows, write_in_order
 
-__all__ = ["ModelRef", "predict_raster_distributed", "predict_rasters", "worker_translation"]
+__all__ = ["DEFAULT_TIMEOUT", "ModelRef", "predict_raster_distributed", "worker_translation"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class ModelRef:
         return cls(str(path), path.stat().st_mtime_ns, translation.convert_to, backend)
 
 
-DEFAULT_TIMEOUT = predict_raster.__kwdefaults__["timeout"]
+DEFAULT_TIMEOUT = PredictConfig.timeout
 """Seconds a Dask job waits for a cluster without workers before it fails (a nanny restarts a
 killed worker in seconds; an autoscaler starts one in a minute or two)."""
 POLL = 1.0  # seconds between looks at the cluster while waiting
@@ -276,90 +280,3 @@ def predict_raster_distributed(model, in_raster: str | os.PathLike, out_raster: 
         write_in_order(dst, blocks)
         _describe(dst, model, options.threshold)
     return out_raster
-
-
-def predict_scene(ref: ModelRef, in_raster: str, out_raster: str, pad: int, options: RowOptions,
-                  overwrite: bool) -> str:
-    """A worker's task: one whole scene into ``out_raster`` (written by the worker, atomically)."""
-    predict_raster(worker_translation(ref), in_raster, out_raster, padding=pad,
-                   batch_size=options.batch_size, threshold=options.threshold, tta=options.tta,
-                   overwrite=overwrite, progress=False)  # accelerated when the worker loaded it
-    return out_raster
-
-
-def predict_rasters(model, in_rasters, out_folder: str | os.PathLike, *, client=None,
-                    convert_to: str | None = None, padding: int | None = None, batch_size: int = 8,
-                    threshold: float | None = None, overwrite: bool = False, tta: bool = False,
-                    timeout: float | None = DEFAULT_TIMEOUT, retries: int = 2, backend: str = "auto",
-                    precision: str = "fp32") -> list[Path]:
-    """Predict many scenes at once, one Dask task per scene: ``<out_folder>/<scene stem>.tif``.
-
-    Args:
-        model: a saved (or loaded) :class:`toolkit.Pix2Pix` / :class:`toolkit.CycleGAN`, or one
-            direction of one; the workers load its ``.emd``/``.dlpk``.
-        in_rasters: the scenes, at paths the workers can read; their file stems must differ.
-        out_folder: where the outputs go; must be a folder the workers can write (shared).
-        client: a ``dask.distributed.Client``; ``None`` predicts the scenes one after the
-            other in this process (the same outputs, the same checks).
-        convert_to, padding, batch_size, threshold, overwrite, tta, backend, precision: as
-            :func:`toolkit.inference.predict_raster`, for every scene (int8 calibrated on each
-            scene; not with ``client``).
-        timeout: seconds the job may wait while the cluster has no worker (``None``: no
-            limit); then ``TimeoutError``.
-        retries: re-runs of a scene whose task raised.
-
-    Returns:
-        The output paths, in the order of ``in_rasters``. When a scene fails for good, the
-        other tasks are cancelled and the error names the scene; outputs already complete stay,
-        and a failed scene leaves nothing under its output name.
-    """
-    translation = as_translation(model, convert_to)
-    pad = check_settings(translation, padding, threshold, batch_size)
-    options = RowOptions(batch_size=batch_size, tta=tta, threshold=threshold)
-    in_rasters = [Path(p) for p in in_rasters]
-    outs = _scene_outputs(in_rasters, Path(out_folder), translation, overwrite)
-    if client is None:  # here: the model need not be saved
-        from toolkit.models.backends import accelerate
-
-        if precision == "fp32":
-            translation = accelerate(translation, backend)  # compiled once for all the scenes
-        for in_raster, out in zip(in_rasters, outs):
-            predict_raster(translation, in_raster, out, padding=pad, batch_size=batch_size,
-                           threshold=threshold, tta=tta, overwrite=overwrite, backend=backend,
-                           precision=precision)
-        return outs
-    if precision != "fp32":
-        raise ValueError("precision='int8' calibrates on each scene in this process; predict without client.")
-    check_timeout(timeout)
-    ref = ModelRef.of(translation, backend)
-    futures = {client.submit(predict_scene, ref, str(i), str(o), pad, options, overwrite,
-                             retries=retries, pure=False): i for i, o in zip(in_rasters, outs)}
-    pending = set(futures)
-    try:
-        while pending:
-            finished = wait_for_progress(client, pending, timeout, f"{len(pending)} scene(s) to {out_folder}")
-            try:
-                _raise_failed(finished, lambda f: f"in_raster {futures[f]}")
-            except Exception as err:
-                scene = next(futures[f] for f in finished if f.status != "finished")
-                raise RuntimeError(f"in_raster {scene}: prediction failed on the cluster: {err}") from err
-            pending -= finished
-    finally:
-        client.cancel(list(futures))
-    return outs
-
-
-def _scene_outputs(in_rasters: list[Path], out_folder: Path, translation, overwrite: bool) -> list[Path]:
-    """``<out_folder>/<stem>.tif`` per scene, checked before any work: distinct, not inputs,
-    writable under ``overwrite``."""
-    stems = [p.stem for p in in_rasters]
-    repeated = sorted({s for s in stems if stems.count(s) > 1})
-    if repeated:
-        raise ValueError(f"in_rasters: several scenes are named {repeated}; their outputs in "
-                         f"{out_folder} would collide: rename them.")
-    outs = [out_folder / f"{stem}.tif" for stem in stems]
-    for out in outs:
-        check_not_input(out, [*in_rasters, *translation.source_files], role="output")
-        check_output_file(out, overwrite=overwrite, role="output", owned=is_toolkit_raster,
-                          what="a prediction")
-    return outs

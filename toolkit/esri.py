@@ -14,6 +14,8 @@ writes it and the readers that load it::
 CycleGAN (unpaired) data is two such folders side by side, one per raster, each cut on its own
 grid: ``A/`` (the input raster) and ``B/`` (the additional raster), as arcgis.learn reads it (see
 :mod:`toolkit.data.unpaired`).
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

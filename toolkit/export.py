@@ -11,25 +11,27 @@ The options of Pro's tool keep Pro's names: ``image_chip_format``, ``start_index
 ``in_mask_polygons`` (only chips that fall completely within the polygons),
 ``buffer_radius`` (point features become circles) and ``rotation_angle`` (each window is also
 exported turned by multiples of the angle, georeferenced on the turned grid).
+
+Layer: data (the layers, bottom to top: formats and I/O, data, inference core, training, front
+doors). This module is the export's entry point and its chip-writing loop; the parts it puts
+together are its own modules, which never import it back: :mod:`toolkit.export_tiling` (the tile
+grid, turned tiles, reading and resizing a tile), :mod:`toolkit.export_labels` (label chips from
+polygons or a class raster), :mod:`toolkit.export_vectors` (reading vector inputs, the mask
+polygons) and :mod:`toolkit.export_metadata` (map.txt, statistics, .emd). Below them all lie
+:mod:`toolkit.raster`, :mod:`toolkit.esri`, :mod:`toolkit.stats` and :mod:`toolkit._fs`.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
-from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import geopandas as gpd
 import numpy as np
-import pandas as pd
-import rasterio.features
-import shapely
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -38,18 +40,20 @@ from tqdm.auto import tqdm
 from toolkit import esri
 from toolkit._args import size_pair
 from toolkit._fs import atomic_folder, check_not_input, check_output_folder
-from toolkit.raster import (AlignedReader, Grid, bounds_overlap, open_raster, pixel_bounds,
-                            streaming_env, write_raster)
-from toolkit.stats import BandStatistics, band_validity
-from toolkit.vector import repair_polygons
+from toolkit.export_labels import check_buffer_radius, check_contour_width, label_source
+# Defined with the labels; still importable from here, where they lived before the split.
+from toolkit.export_labels import MAX_CONTOUR_WIDTH, contour_ring  # noqa: F401
+from toolkit.export_metadata import write_metadata
+from toolkit.export_tiling import (Tiling, read_tile, resize_image, rotate_about_centre, rotation_angles,
+                                   tile_offsets)
+from toolkit.export_vectors import MaskPolygons, read_mask_polygons
+# write_raster and streaming_env are looked up here at call time, so tests and benchmarks can
+# patch them on this module.
+from toolkit.raster import AlignedReader, Grid, open_raster, streaming_env, write_raster
+from toolkit.stats import BandStatistics
 
 __all__ = ["ExportSummary", "export_training_data", "rotate_about_centre", "tile_offsets"]
 
-_VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".zip"}
-_RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".mrf"}
-# Display colours for classes in the .emd (tab10).
-_PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-            [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
 _PNG_DTYPES = {np.dtype("uint8"), np.dtype("uint16")}
 _JPEG_BANDS = (1, 3)
 EXPORT_KIND = "export_training_data"  # the manifest kind of export folders (see toolkit._fs)
@@ -85,21 +89,6 @@ class ExportSummary:
         if self.skipped:
             parts.append(f"{self.skipped} tiles skipped")
         return f"ExportSummary({'; '.join(parts)})"
-
-
-def tile_offsets(size: int, tile: int, stride: int, edge: str) -> list[int]:
-    """Pixel offsets of the tiles along one axis of ``size`` pixels.
-
-    ``edge="trim"`` keeps only whole tiles (the remainder is dropped); ``edge="pad"`` adds tiles
-    until every pixel is covered, the last one reaching past the edge.
-    """
-    if tile > size:
-        raise ValueError(f"tile size {tile} px is larger than the raster ({size} px).")
-    if edge == "trim":
-        n = (size - tile) // stride + 1
-    else:
-        n = -(-(size - tile) // stride) + 1
-    return [i * stride for i in range(n)]
 
 
 def export_training_data(
@@ -215,23 +204,19 @@ def export_training_data(
         raise ValueError(f"edge must be 'trim' or 'pad', got {edge!r}.")
     chip_format = esri.chip_format(image_chip_format)
     start_index = _start_index(start_index)
-    angles = _rotation_angles(rotation_angle)
-    buffer_radius = _buffer_radius(buffer_radius, in_class_data)
+    angles = rotation_angles(rotation_angle)
+    buffer_radius = check_buffer_radius(buffer_radius, in_class_data)
     if not 0.0 <= min_valid_fraction <= 1.0:
         raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}.")
-    if not (isinstance(contour_width, (int, float, np.number)) and not isinstance(contour_width, bool)
-            and np.isfinite(contour_width) and int(contour_width) == contour_width
-            and 0 <= contour_width <= MAX_CONTOUR_WIDTH):
-        raise ValueError(f"contour_width must be a whole number of pixels from 0 to {MAX_CONTOUR_WIDTH}, "
-                         f"got {contour_width!r}.")
+    check_contour_width(contour_width)
     if not output_nofeature_tiles and in_class_data is None:
         raise ValueError("output_nofeature_tiles=False keeps chips with features: it needs in_class_data.")
     metadata_format = _metadata_format(metadata_format, additional_input_raster, in_class_data)
     warp = _resampling(resampling)
-    tiling = _Tiling(tile, size_pair(stride, "stride") if stride is not None else tile,
-                     size_pair(resize_to, "resize_to") if resize_to is not None else tile,
-                     edge, min_valid_fraction, chip_format, esri.label_chip_format(chip_format),
-                     start_index, angles, progress)
+    tiling = Tiling(tile, size_pair(stride, "stride") if stride is not None else tile,
+                    size_pair(resize_to, "resize_to") if resize_to is not None else tile,
+                    edge, min_valid_fraction, chip_format, esri.label_chip_format(chip_format),
+                    start_index, angles, progress)
     inputs = [in_raster, additional_input_raster,
               None if isinstance(in_class_data, gpd.GeoDataFrame) else in_class_data,
               None if isinstance(in_mask_polygons, gpd.GeoDataFrame) else in_mask_polygons]
@@ -251,13 +236,13 @@ def export_training_data(
         _check_chip_format(chip_format, [r for part in parts for r in part.readers])
         labels = None
         if in_class_data is not None:
-            labels = _label_source(in_class_data, parts[0].grid, class_value_field, contour_width,
-                                   contour_value, buffer_radius, stack)
+            labels = label_source(in_class_data, parts[0].grid, class_value_field, contour_width,
+                                  contour_value, buffer_radius, stack)
         windows = [tiling.windows(part.grid) for part in parts]  # before writing: tile size checks
         masks = [None] * len(parts)
         if in_mask_polygons is not None:
-            polygons = _read_mask_polygons(in_mask_polygons)
-            masks = [_MaskPolygons(polygons, part.grid) for part in parts]
+            polygons = read_mask_polygons(in_mask_polygons)
+            masks = [MaskPolygons(polygons, part.grid) for part in parts]
 
         with atomic_folder(out_folder, overwrite=overwrite, kind=EXPORT_KIND) as staging:
             written = [_export_part(staging / part.folder, part, part_windows, tiling,
@@ -265,27 +250,6 @@ def export_training_data(
                                     output_nofeature_tiles=output_nofeature_tiles)
                        for part, part_windows, mask in zip(parts, windows, masks)]
     return _summary(out_folder, metadata_format, tiling, parts, written, with_labels=labels is not None)
-
-
-class _Tiling(NamedTuple):
-    """How every raster of an export is cut into chips and written."""
-
-    tile: tuple[int, int]  # (width, height) of a tile in the raster's pixels
-    step: tuple[int, int]
-    out_size: tuple[int, int]  # (width, height) of the written chips
-    edge: str
-    min_valid_fraction: float
-    image_format: esri.ChipFormat  # images/ and images2/
-    label_format: esri.ChipFormat  # labels/
-    start_index: int  # number of the first chip
-    angles: tuple[float, ...]  # rotations of each window, degrees; (0.0,) without rotation_angle
-    progress: bool
-
-    def windows(self, grid: Grid) -> list[Window]:
-        """The tiles of ``grid``, row by row."""
-        cols = tile_offsets(grid.width, self.tile[0], self.step[0], self.edge)
-        rows = tile_offsets(grid.height, self.tile[1], self.step[1], self.edge)
-        return [Window(c, r, self.tile[0], self.tile[1]) for r in rows for c in cols]
 
 
 class _Part(NamedTuple):
@@ -317,8 +281,8 @@ def _parts(ds, ds2, *, unpaired: bool, resampling: Resampling) -> list[_Part]:
     return [_Part("", readers, grid)]
 
 
-def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tiling, *,
-                 metadata_format: str, labels, mask: _MaskPolygons | None,
+def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: Tiling, *,
+                 metadata_format: str, labels, mask: MaskPolygons | None,
                  output_nofeature_tiles: bool) -> _Written:
     """Cut ``part``'s rasters into ``windows`` (each at every angle of ``tiling.angles``) and
     write the chips (``images/``, ``images2/``, ``labels/``) and the metadata files into
@@ -340,7 +304,7 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
         if mask is not None and not mask.covers(tile_transform, tile):
             skipped += 1
             continue
-        chips, fraction = _read_tile(readers, window, tile_transform if angle else None)
+        chips, fraction = read_tile(readers, window, tile_transform if angle else None)
         if fraction == 0 or fraction < tiling.min_valid_fraction:
             skipped += 1
             continue
@@ -354,7 +318,7 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
             skipped += 1
             continue
         if out_size != tile:
-            chips = [(r, *_resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
+            chips = [(r, *resize_image(d, v, out_size, r.fill)) for r, d, v in chips]
         index = tiling.start_index + len(map_rows)
         name = esri.chip_name(index, tiling.image_format.extension)
         row_paths = []
@@ -372,7 +336,7 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
 
     _check_written(readers, stats, len(map_rows), len(tiles), tiling, masked=mask is not None)
     classes = labels.classes(class_counts) if labels is not None else []
-    _write_metadata(folder, metadata_format=metadata_format, map_rows=map_rows, out_size=out_size,
+    write_metadata(folder, metadata_format=metadata_format, map_rows=map_rows, out_size=out_size,
                     readers=readers, stats=stats, classes=classes, class_counts=class_counts,
                     cell_size=(abs(grid.transform.a) * tile[0] / out_size[0],
                                abs(grid.transform.e) * tile[1] / out_size[1]))
@@ -380,7 +344,7 @@ def _export_part(folder: Path, part: _Part, windows: list[Window], tiling: _Tili
 
 
 def _check_written(readers: list[AlignedReader], stats: list[BandStatistics], num_chips: int,
-                   num_windows: int, tiling: _Tiling, *, masked: bool = False) -> None:
+                   num_windows: int, tiling: Tiling, *, masked: bool = False) -> None:
     """Refuse an export without chips, or with a band that holds no value in any chip."""
     if num_chips == 0:
         first = readers[0]
@@ -397,7 +361,7 @@ def _check_written(readers: list[AlignedReader], stats: list[BandStatistics], nu
                              "not-nodata value in any exported chip (all NaN, +-inf or nodata).")
 
 
-def _summary(out_folder: Path, metadata_format: str, tiling: _Tiling, parts: list[_Part],
+def _summary(out_folder: Path, metadata_format: str, tiling: Tiling, parts: list[_Part],
              written: list[_Written], *, with_labels: bool) -> ExportSummary:
     def chips(part: _Part, done: _Written, sub: str, extension: str | None = None) -> list[Path]:
         extension = extension or tiling.image_format.extension
@@ -419,24 +383,6 @@ def _summary(out_folder: Path, metadata_format: str, tiling: _Tiling, parts: lis
     return summary
 
 
-def _read_tile(readers: list[AlignedReader], window: Window,
-               rotated: Affine | None = None) -> tuple[list, float]:
-    """Read one tile from every raster: ``[(reader, data, band_valid)]`` and the share of pixels
-    that hold data in all of them (a pixel holds data when any of its bands does).
-
-    With ``rotated`` (the turned tile's transform), each raster is warped onto that grid
-    instead, with its own resampling."""
-    chips = []
-    size = (int(window.width), int(window.height))
-    valid = np.ones((size[1], size[0]), dtype=bool)
-    for reader in readers:
-        data, covered = reader.read(window) if rotated is None else reader.read_on(rotated, size)
-        band_valid = band_validity(data, reader.nodata) & covered
-        valid &= band_valid.any(axis=0)
-        chips.append((reader, data, band_valid))
-    return chips, float(valid.mean())
-
-
 def _resampling(name: str) -> Resampling:
     try:
         return Resampling[name]
@@ -454,29 +400,6 @@ def _start_index(value) -> int:
     return int(value)
 
 
-def _rotation_angles(value) -> tuple[float, ...]:
-    """Pro's ``rotation_angle`` -> the angles every window is exported at: 0, a, 2a... < 360."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"rotation_angle must be a number of degrees in [0, 360), got {value!r}.")
-    if not 0 <= value < 360:
-        raise ValueError(f"rotation_angle must lie in [0, 360) degrees (0: no rotated chips), got {value}.")
-    if value == 0:
-        return (0.0,)
-    count = math.ceil(360.0 / value - 1e-9)  # k * value < 360
-    return tuple(k * float(value) for k in range(count))
-
-
-def _buffer_radius(value, in_class_data) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"buffer_radius must be a distance >= 0 in the map units of the raster's "
-                         f"CRS, got {value!r}.")
-    if value and in_class_data is None:
-        raise ValueError("buffer_radius turns the point features of in_class_data into circles: it "
-                         "needs in_class_data.")
-    return float(value)
-
-
 def _check_chip_format(chip_format: esri.ChipFormat, readers: list[AlignedReader]) -> None:
     """PNG holds uint8/uint16 bands; JPEG (as Pro writes it) one or three uint8 bands."""
     for reader in readers:
@@ -488,74 +411,6 @@ def _check_chip_format(chip_format: esri.ChipFormat, readers: list[AlignedReader
             raise ValueError(f"{where}: JPEG chips hold 1 or 3 bands of uint8; this raster has "
                              f"{reader.count} band(s) of {reader.dtype}. Use image_chip_format='TIFF' "
                              "(any bands), or 'PNG' (uint8/uint16).")
-
-
-def rotate_about_centre(transform: Affine, size: tuple[int, int], angle: float) -> Affine:
-    """The transform of a ``size`` (width, height) chip on ``transform``, turned about the chip's
-    centre so that the ground appears turned counter-clockwise by ``angle`` degrees in the chip
-    (for 90 degrees, the chip's pixels are ``np.rot90`` of the unturned chip's). The chip's grid
-    turns clockwise on the map; the centre stays on the same map point."""
-    centre = transform @ (size[0] / 2, size[1] / 2)
-    return Affine.rotation(-angle, pivot=centre) @ transform
-
-
-def _read_mask_polygons(in_mask_polygons) -> tuple[gpd.GeoDataFrame, str]:
-    if isinstance(in_mask_polygons, gpd.GeoDataFrame):
-        return in_mask_polygons, "GeoDataFrame"
-    if not isinstance(in_mask_polygons, (str, os.PathLike)):
-        raise ValueError(f"in_mask_polygons must be a polygon file (GeoJSON, GeoPackage, Shapefile...) "
-                         f"or a GeoDataFrame, got {type(in_mask_polygons).__name__}.")
-    path = Path(in_mask_polygons)
-    if not path.exists():
-        raise FileNotFoundError(f"in_mask_polygons {path}: no such file.")
-    return _read_vector(path, "in_mask_polygons"), str(path)
-
-
-def _read_vector(path: Path, role: str) -> gpd.GeoDataFrame:
-    """Read an existing vector file; anything GDAL cannot read is a ValueError naming it."""
-    try:
-        return gpd.read_file(path)
-    except Exception as err:  # pyogrio raises several types; all mean "not a vector file"
-        raise ValueError(f"{role} {path}: not a vector file that can be read ({err}).") from err
-
-
-def _placeable(gdf: gpd.GeoDataFrame, grid: Grid, role: str, what: str) -> gpd.GeoDataFrame:
-    """The features of ``gdf`` that have a geometry, after checking that both it and the raster
-    have a CRS (so the features can be placed on the raster)."""
-    if gdf.crs is None:
-        raise ValueError(f"{role}: the vector data has no CRS, so it cannot be placed on the raster.")
-    if grid.crs is None:
-        raise ValueError(f"{role}: the input raster has no CRS, so {what} cannot be placed on it.")
-    return gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-
-
-class _MaskPolygons:
-    """Pro's ``in_mask_polygons``: the area, in the raster's CRS, that every chip must fall
-    completely within."""
-
-    def __init__(self, polygons: tuple[gpd.GeoDataFrame, str], grid: Grid) -> None:
-        gdf, name = polygons
-        role = f"in_mask_polygons {name}"
-        gdf = _placeable(gdf, grid, role, "the mask")
-        if len(gdf) == 0:
-            raise ValueError(f"{role}: holds no polygons.")
-        kinds = set(gdf.geom_type)
-        if not kinds <= {"Polygon", "MultiPolygon"}:
-            raise ValueError(f"{role}: a mask is made of polygons; found {', '.join(sorted(kinds))} "
-                             "features.")
-        area = shapely.union_all(shapely.make_valid(gdf.to_crs(grid.crs).geometry.values))
-        if area.is_empty or not bounds_overlap(area.bounds, grid.bounds):
-            raise ValueError(f"{role}: no polygon overlaps the input raster (raster bounds "
-                             f"{tuple(round(v, 3) for v in grid.bounds)} in {grid.crs.to_string()}).")
-        shapely.prepare(area)
-        self.area = area
-
-    def covers(self, transform: Affine, size: tuple[int, int]) -> bool:
-        """True when the chip of ``size`` (width, height) pixels on ``transform`` lies completely
-        within the mask (its edges may touch the mask's boundary)."""
-        width, height = size
-        corners = [transform @ xy for xy in [(0, 0), (width, 0), (width, height), (0, height)]]
-        return bool(self.area.covers(shapely.Polygon(corners)))
 
 
 def _metadata_format(requested, additional_input_raster, in_class_data) -> str:
@@ -579,321 +434,3 @@ def _write_chip(path: Path, data: np.ndarray, transform: Affine, crs, nodata,
                 chip_format: esri.ChipFormat) -> None:
     write_raster(path, data, transform=transform, crs=crs, nodata=nodata, driver=chip_format.driver)
     esri.write_world_file(esri.world_file_path(path, chip_format.world_extension), transform)
-
-
-def _resize_image(data: np.ndarray, band_valid: np.ndarray, size: tuple[int, int],
-                  fill) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear resize that ignores nodata: each band is resized as (value x valid) / valid."""
-    out = np.empty((data.shape[0], size[1], size[0]), dtype=data.dtype)
-    out_valid = np.empty(out.shape, dtype=bool)
-    integer = np.issubdtype(data.dtype, np.integer)
-    for b in range(data.shape[0]):
-        weight = cv2.resize(band_valid[b].astype(np.float64), size, interpolation=cv2.INTER_LINEAR)
-        values = cv2.resize(np.where(band_valid[b], data[b], 0).astype(np.float64), size,
-                            interpolation=cv2.INTER_LINEAR)
-        ok = weight >= 0.5
-        values = values / np.where(ok, weight, 1.0)
-        if integer:
-            info = np.iinfo(data.dtype)
-            values = np.clip(np.rint(values), info.min, info.max)
-        out[b] = np.where(ok, values, fill)
-        out_valid[b] = ok
-    return out, out_valid
-
-
-MAX_CONTOUR_WIDTH = 255  # an outline wider than that fills any building chip (OpenCV's own limit is 32767)
-
-
-def _label_source(in_class_data, grid: Grid, class_value_field, contour_width, contour_value,
-                  buffer_radius: float, stack: ExitStack):
-    if isinstance(in_class_data, gpd.GeoDataFrame):
-        return _VectorLabels(in_class_data, "GeoDataFrame", grid, class_value_field,
-                             contour_width, contour_value, buffer_radius)
-    path = Path(in_class_data)
-    if not path.exists():
-        raise FileNotFoundError(f"in_class_data {path}: no such file.")
-    suffix = path.suffix.lower()
-    if suffix in _RASTER_SUFFIXES or (suffix not in _VECTOR_SUFFIXES and _is_raster(path)):
-        if class_value_field is not None:
-            raise ValueError(f"in_class_data {path} is a class raster; class_value_field applies "
-                             "to polygons only.")
-        if contour_width:
-            raise ValueError(f"in_class_data {path} is a class raster; contour reinforcement "
-                             "draws polygon outlines, so pass the polygons as a vector file.")
-        if buffer_radius:
-            raise ValueError(f"in_class_data {path} is a class raster; buffer_radius turns point "
-                             "features into circles, so it applies to vector data only.")
-        labels = _RasterLabels(stack.enter_context(open_raster(path, "in_class_data")), grid)
-        stack.callback(labels.reader.close)
-        return labels
-    return _VectorLabels(_read_vector(path, "in_class_data"), str(path), grid, class_value_field,
-                         contour_width, contour_value, buffer_radius)
-
-
-def _is_raster(path: Path) -> bool:
-    try:
-        with rasterio.open(path):
-            return True
-    except Exception:
-        return False
-
-
-class _VectorLabels:
-    """Polygons in the raster's CRS, rasterized chip by chip (background 0). Points become
-    circles of ``buffer_radius`` map units of the raster's CRS (Pro's rule)."""
-
-    def __init__(self, gdf: gpd.GeoDataFrame, name: str, grid: Grid, class_value_field,
-                 contour_width: int, contour_value, buffer_radius: float = 0.0) -> None:
-        role = f"in_class_data {name}"
-        # OpenStreetMap's self-touching rings and the like: repaired, counted, never a crash
-        gdf = repair_polygons(_placeable(gdf, grid, role, "the polygons"), role)
-        if class_value_field is None:
-            values = np.ones(len(gdf), dtype=np.int64)
-        else:
-            if class_value_field not in gdf.columns:
-                fields = ", ".join(c for c in gdf.columns if c != gdf.geometry.name)
-                raise ValueError(f"{role}: class_value_field {class_value_field!r} does not exist; "
-                                 f"fields: {fields}.")
-            values = self._class_values(gdf[class_value_field], role, class_value_field)
-        gdf = self._buffer_points(gdf.to_crs(grid.crs), buffer_radius, role)
-        if len(gdf) == 0 or not bounds_overlap(gdf.total_bounds, grid.bounds):
-            raise ValueError(f"{role}: no feature overlaps the input raster (raster bounds "
-                             f"{tuple(round(v, 3) for v in grid.bounds)} in {grid.crs.to_string()}).")
-        self.geometries = gdf.geometry.values
-        self.values = values
-        self.tree = shapely.STRtree(self.geometries)
-        self.class_values = sorted(set(values.tolist()))
-        self.contour_width = int(contour_width)
-        self.contour_value = None
-        if self.contour_width:
-            self.contour_value = int(contour_value if contour_value is not None else self.class_values[-1] + 1)
-            if not 0 < self.contour_value <= 65535:
-                raise ValueError(f"contour_value must lie in 1..65535, got {self.contour_value}.")
-        top = max(self.class_values + [self.contour_value or 0])
-        self.dtype = np.uint8 if top <= 255 else np.uint16
-
-    @staticmethod
-    def _buffer_points(gdf: gpd.GeoDataFrame, radius: float, role: str) -> gpd.GeoDataFrame:
-        """Point features -> circles of ``radius`` in the CRS's map units; other features kept."""
-        points = gdf.geom_type.isin(["Point", "MultiPoint"]).to_numpy()
-        if points.any() and not radius:
-            raise ValueError(f"{role}: holds {int(points.sum())} point feature(s); points become "
-                             "training samples as circles: give buffer_radius (> 0, in the map "
-                             "units of the raster's CRS).")
-        if radius and not points.any():
-            kinds = ", ".join(sorted(set(gdf.geom_type))) or "none"
-            raise ValueError(f"{role}: buffer_radius={radius} turns point features into circles, "
-                             f"but the data holds no points (geometry types: {kinds}).")
-        if points.any():
-            geometry = gdf.geometry.copy()
-            geometry[points] = geometry[points].buffer(radius, quad_segs=32)
-            gdf = gdf.set_geometry(geometry)
-        return gdf
-
-    @staticmethod
-    def _class_values(column: pd.Series, role: str, field: str) -> np.ndarray:
-        if column.isna().any():
-            raise ValueError(f"{role}: {int(column.isna().sum())} features have no value in "
-                             f"class_value_field {field!r}.")
-        try:
-            numbers = pd.to_numeric(column).to_numpy(dtype=np.float64)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{role}: class_value_field {field!r} must hold integer class values "
-                             f"> 0 ({err}).") from err
-        if not np.all(numbers == np.round(numbers)) or numbers.min() <= 0 or numbers.max() > 65535:
-            bad = sorted(set(numbers[(numbers != np.round(numbers)) | (numbers <= 0) | (numbers > 65535)]))
-            raise ValueError(f"{role}: class_value_field {field!r} must hold whole numbers in "
-                             f"1..65535 (0 is the background); found {bad[:5]}.")
-        return numbers.astype(np.int64)
-
-    def chip(self, window: Window, transform: Affine, size: tuple[int, int], *,
-             tile_transform: Affine | None = None) -> np.ndarray:
-        """The label chip of ``size`` (width, height) pixels on ``transform`` (turned or not)."""
-        width, height = size
-        label = np.zeros((height, width), dtype=self.dtype)
-        bounds = pixel_bounds(transform, width, height)
-        hits = np.sort(self.tree.query(shapely.box(*bounds)))  # keep the file's drawing order
-        if len(hits):
-            shapes = zip(self.geometries[hits], self.values[hits].tolist())
-            rasterio.features.rasterize(shapes, out=label, transform=transform)
-            if self.contour_width:
-                self._draw_contours(label, hits, transform)
-        return label[np.newaxis]
-
-    def _draw_contours(self, label: np.ndarray, hits: np.ndarray, transform: Affine) -> None:
-        height, width = label.shape
-        margin = self.contour_width + 1  # so a polygon cut by the chip edge gets no contour there
-        inverse = ~transform
-        for geom in self.geometries[hits]:
-            if geom.geom_type not in ("Polygon", "MultiPolygon"):
-                continue
-            # Rasterize the polygon alone on the part of the (margin-padded) chip it covers.
-            minx, miny, maxx, maxy = geom.bounds
-            cols, rows = zip(*(inverse @ xy for xy in [(minx, miny), (minx, maxy), (maxx, miny), (maxx, maxy)]))
-            c0 = max(math.floor(min(cols)) - 1, -margin)
-            r0 = max(math.floor(min(rows)) - 1, -margin)
-            c1 = min(math.ceil(max(cols)) + 1, width + margin)
-            r1 = min(math.ceil(max(rows)) + 1, height + margin)
-            if c1 <= c0 or r1 <= r0:
-                continue
-            mask = rasterio.features.rasterize(
-                [(geom, 1)], out_shape=(r1 - r0, c1 - c0),
-                transform=transform @ Affine.translation(c0, r0), dtype=np.uint8)
-            ring = contour_ring(mask, self.contour_width)
-            # Paste the part of the ring that falls inside the chip.
-            rc0, rr0 = max(-c0, 0), max(-r0, 0)
-            rc1, rr1 = min(width - c0, c1 - c0), min(height - r0, r1 - r0)
-            if rc1 <= rc0 or rr1 <= rr0:
-                continue
-            target = label[r0 + rr0:r0 + rr1, c0 + rc0:c0 + rc1]
-            target[ring[rr0:rr1, rc0:rc1]] = self.contour_value
-
-    def classes(self, class_counts: list[np.ndarray]) -> list[dict]:
-        classes = _class_entries(self.class_values)
-        if self.contour_value is not None:
-            if self.contour_value not in self.class_values:
-                classes.append({"Value": self.contour_value, "Name": "boundary",
-                                "Color": _PALETTE[len(classes) % len(_PALETTE)]})
-            # marked, so that models and vectorize know which class separates touching footprints
-            outline = next(c for c in classes if c["Value"] == self.contour_value)
-            outline.update({"Boundary": True, "ContourWidth": self.contour_width})
-        return classes
-
-
-def contour_ring(mask: np.ndarray, width: int) -> np.ndarray:
-    """Pixels of ``mask`` within ``width`` pixels of its outer contour, as found by OpenCV.
-
-    ``mask`` is a uint8 0/1 array; contours of holes are not drawn. The result lies inside the
-    mask, so drawing it onto a label never grows a footprint.
-    """
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    ring = np.zeros_like(mask)
-    cv2.drawContours(ring, contours, -1, 1, thickness=2 * width - 1)
-    return (ring & mask).astype(bool)
-
-
-class _RasterLabels:
-    """A single-band integer class raster read on the input raster's grid (nearest neighbour)."""
-
-    def __init__(self, ds, grid: Grid) -> None:
-        if ds.count != 1 or not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
-            raise ValueError(f"in_class_data {ds.name}: a class raster has one integer band; this "
-                             f"one has {ds.count} band(s) of {ds.dtypes[0]}.")
-        self.reader = AlignedReader(ds, grid, role="in_class_data", resampling=Resampling.nearest)
-
-    def chip(self, window: Window, transform: Affine, size: tuple[int, int], *,
-             tile_transform: Affine | None = None) -> np.ndarray:
-        """The label chip of ``window`` resized to ``size`` (width, height); with
-        ``tile_transform`` (a turned tile's grid), the class raster is warped onto that grid."""
-        if tile_transform is None:
-            data, covered = self.reader.read(window)
-        else:
-            data, covered = self.reader.read_on(tile_transform, (int(window.width), int(window.height)))
-        label = np.where(band_validity(data, self.reader.nodata)[0] & covered, data[0], 0)
-        if label.min() < 0 or label.max() > 65535:
-            raise ValueError(f"in_class_data {self.reader.ds.name}: class values must lie in "
-                             f"0..65535; found {label.min()}..{label.max()}.")
-        label = label.astype(np.uint8 if label.max() <= 255 else np.uint16)
-        if (label.shape[1], label.shape[0]) != size:
-            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
-        return label[np.newaxis]
-
-    def classes(self, class_counts: list[np.ndarray]) -> list[dict]:
-        seen = set()
-        for counts in class_counts:
-            seen.update(np.nonzero(counts)[0].tolist())
-        seen.discard(0)
-        return _class_entries(sorted(seen))
-
-
-def _class_entries(values: Sequence[int]) -> list[dict]:
-    return [{"Value": int(v), "Name": str(v), "Color": _PALETTE[i % len(_PALETTE)]}
-            for i, v in enumerate(values)]
-
-
-def _write_metadata(folder: Path, *, metadata_format: str, map_rows, out_size, readers, stats,
-                    classes: list[dict], class_counts: list[np.ndarray], cell_size: tuple[float, float]) -> None:
-    """map.txt, esri_accumulated_stats.json, esri_model_definition.emd and stats.txt."""
-    esri.write_map(folder / esri.MAP_FILE, map_rows)
-    num_tiles = len(map_rows)
-    image = readers[0]
-    props = {"RasterCount": len(readers), "SensorName": "", "BandNames": image.band_names}
-    accumulated = {
-        "Version": 1,
-        "NumBands": image.count,
-        "TileSizeX": out_size[0],
-        "TileSizeY": out_size[1],
-        "NumClasses": len(classes),
-        "NumTiles": num_tiles,
-        "OutputFeatures": False,
-        "MetaDataMode": metadata_format,
-        # Cell size of the written chips (after resize_to); the rasters of a folder share a grid.
-        "MinCellSize": {"x": cell_size[0], "y": cell_size[1]},
-        "MaxCellSize": {"x": cell_size[0], "y": cell_size[1]},
-        "InputRastersProps": props,
-        "Classes": esri.classes_for_stats(classes),
-        "BandStatsState": stats[0].as_band_stats_state(),
-    }
-    if len(readers) > 1:
-        accumulated["NumBands2"] = readers[1].count
-        accumulated["BandStatsState2"] = stats[1].as_band_stats_state()
-    if classes:
-        accumulated["ClassPixelStats"] = _class_pixel_stats(classes, class_counts)
-    esri.write_json(folder / esri.STATS_FILE, accumulated)
-
-    emd = esri.model_definition(
-        tile_size=out_size, band_count=image.count, classes=classes,
-        all_tiles_stats=stats[0].as_all_tiles_stats(image.band_names),
-        all_tiles_stats2=stats[1].as_all_tiles_stats(readers[1].band_names) if len(readers) > 1 else None,
-        input_rasters_props=props,
-    )
-    esri.write_json(folder / esri.EMD_FILE, emd)
-    (folder / esri.STATS_TEXT_FILE).write_text(
-        _stats_text(num_tiles, out_size, readers, stats, classes, accumulated.get("ClassPixelStats")))
-
-
-def _class_pixel_stats(classes: list[dict], class_counts: list[np.ndarray]) -> dict:
-    values = [c["Value"] for c in classes]
-    per_chip = np.zeros((len(class_counts), len(values)), dtype=np.int64)
-    for i, counts in enumerate(class_counts):
-        for j, v in enumerate(values):
-            per_chip[i, j] = counts[v] if v < len(counts) else 0
-    present = per_chip > 0
-    classes_per_image = present.sum(axis=1)
-
-    def summary(x: np.ndarray) -> dict:
-        return {"Min": int(x.min()), "Max": int(x.max()), "Mean": float(x.mean()),
-                "Sum": int(x.sum()), "Count": int(x.size)}
-
-    return {
-        "NumClasses": len(values),
-        "NumImagesTotal": len(class_counts),
-        "NumImagesPerClass": present.sum(axis=0).tolist(),
-        "NumPixelsPerClass": per_chip.sum(axis=0).tolist(),
-        "NumClassesPerImage": summary(classes_per_image),
-        "PixelsPerClass": [summary(per_chip[:, j]) for j in range(len(values))],
-    }
-
-
-def _stats_text(num_tiles, out_size, readers, stats, classes, pixel_stats) -> str:
-    lines = []
-    for folder, reader in zip([esri.IMAGES, esri.IMAGES2], readers):
-        lines.append(f"{folder} = {num_tiles} *{reader.count}*{out_size[1]}*{out_size[0]}")
-    for folder, reader, st in zip([esri.IMAGES, esri.IMAGES2], readers, stats):
-        lines.append(f"{folder} band statistics:")
-        lines.append(f"{'band':<20}{'min':>14}{'max':>14}{'mean':>14}{'std dev':>14}")
-        for b, name in enumerate(reader.band_names):
-            lines.append(f"{name:<20}{st.min[b]:>14.4f}{st.max[b]:>14.4f}{st.mean[b]:>14.4f}{st.std[b]:>14.4f}")
-    if classes:
-        per_image = pixel_stats["NumClassesPerImage"]
-        lines.append(f"classes = {len(classes)}")
-        lines.append(f"classes per image = [min = {per_image['Min']}, mean = {per_image['Mean']:.2f}, "
-                     f"max = {per_image['Max']}]")
-        lines.append(f"{'cls name':<22}{'cls value':<10}{'images':>10}{'pixels':>12}"
-                     f"{'min size':>12}{'mean size':>12}{'max size':>12}")
-        for j, c in enumerate(classes):
-            px = pixel_stats["PixelsPerClass"][j]
-            lines.append(f"{c['Name']:<22}{c['Value']:<10}{pixel_stats['NumImagesPerClass'][j]:>10}"
-                         f"{pixel_stats['NumPixelsPerClass'][j]:>12}{px['Min']:>12.2f}"
-                         f"{px['Mean']:>12.2f}{px['Max']:>12.2f}")
-    return "\n".join(lines) + "\n"

@@ -2,6 +2,8 @@
 recall, and object F1 as the SpaceNet building challenge scores it.
 
 Plain numpy, rasters or GeoDataFrames in; plain floats out.
+
+Layer: data.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Rasters read on a common pixel grid, window by window, and small GeoTIFF/PNG writes.
 
 Every array here is ``(bands, height, width)`` as rasterio returns it.
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

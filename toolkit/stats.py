@@ -1,4 +1,7 @@
-"""Per-band statistics over the valid pixels of many chips, accumulated one chip at a time."""
+"""Per-band statistics over the valid pixels of many chips, accumulated one chip at a time.
+
+Layer: formats, I/O and runtime.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Masks -> polygons: footprints a GIS opens, in the raster's CRS."""
+"""Masks -> polygons: footprints a GIS opens, in the raster's CRS.
+
+Layer: data.
+"""
 
 from __future__ import annotations
 

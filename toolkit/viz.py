@@ -2,6 +2,8 @@
 
 Everything takes plain arrays ``(bands, h, w)`` and returns matplotlib objects, so the same code
 draws ``show_batch`` and ``show_results``.
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

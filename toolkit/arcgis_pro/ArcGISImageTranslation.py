@@ -33,6 +33,8 @@ The interface follows Esri's raster-deep-learning repository
 ``python_raster_functions/ImageClassifier.py``, ``Templates/TemplateBaseClassifier.py``,
 ``prf_utils.py``, ``attribute_table.py``) and the raster-functions wiki ("Anatomy of a Python
 Raster Function"). This file only needs numpy and the toolkit.
+
+Layer: front doors.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ the file's name through Esri's raster function interface (``initialize``, ``getP
 ``getConfiguration``, ``updateRasterInfo``, ``updatePixels``). The function loads the weights
 with the toolkit, which must be installed (with pip) into a clone of Pro's Python environment:
 see the README, "Running a saved model in ArcGIS Pro".
+
+Layer: formats, I/O and runtime.
 """
 
 from __future__ import annotations

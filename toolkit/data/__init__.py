@@ -12,7 +12,15 @@ Parts a user can also use alone: :func:`index_folder` (layout detection and pair
 (chips -> tensors), :class:`BandNorm` / :class:`MaskEncoding` (band values <-> [-1, 1]).
 
 Names are imported from their modules when first used, so a fastai-free module of this package
-(``layouts``, ``normalization``, ``chips``, ``split``) can be imported without fastai.
+(``layouts``, ``metadata``, ``headers``, ``normalization``, ``chips``, ``split``) can be imported
+without fastai.
+
+Layer: data (the package's layers, bottom to top: formats and I/O, data, inference core,
+training, front doors). Its modules, bottom up: ``chips`` (chip files), ``metadata`` (an
+export's .emd and stats files), ``headers`` (chips of a set alike), ``layouts`` (folder
+indexing), ``normalization`` and ``split``; ``dataset`` (chips -> tensors), ``chip_stats``
+(band statistics), ``folder_loaders`` (the DataLoaders classes); ``unpaired`` (CycleGAN data);
+``loaders`` (``prepare_data``, the front door that picks paired or unpaired).
 """
 
 from toolkit._lazy import lazy_exports
@@ -22,7 +30,8 @@ _EXPORTS = {
     "toolkit.data.layouts": ("CLASSIFIED_TILES", "CYCLEGAN", "DATASET_TYPES", "PIX2PIX", "UNPAIRED_DATASET_TYPES",
                              "ChipDomain", "ChipFolder", "ChipPair", "UnpairedFolder", "index_folder",
                              "index_unpaired", "unpaired_layout"),
-    "toolkit.data.loaders": ("ChipDataLoaders", "default_num_workers", "prepare_data"),
+    "toolkit.data.folder_loaders": ("ChipDataLoaders", "default_num_workers"),
+    "toolkit.data.loaders": ("prepare_data",),
     "toolkit.data.normalization": ("BandNorm", "MaskEncoding", "target_from_dict"),
     "toolkit.data.split": ("split_by_area", "split_pairs"),
     "toolkit.data.unpaired": ("UnpairedDataLoaders", "UnpairedDataset"),

@@ -19,20 +19,32 @@ count and statistics (:func:`index_unpaired`; the formats are described in
 reference CycleGAN code; ``testA/`` + ``testB/`` of same-named chips are true pairs for scoring),
 ``images/`` + ``images2/`` whose metadata says CycleGAN, and, when asked for,
 ``Images/train_a`` + ``Images/train_b``.
+
+Holds the dataset-type and layout constants, the indexed folders (:class:`ChipFolder`,
+:class:`UnpairedFolder`) and the indexing: layout detection, pairing by name, header checks.
+The export metadata (.emd, stats JSON) it reads through :mod:`toolkit.data.metadata`, the chip
+headers it checks through :mod:`toolkit.data.headers`.
+
+Layer: data (the package's layers, bottom to top: formats and I/O, data, inference core,
+training, front doors). Reads headers and metadata only, with no fastai, so inference and
+:mod:`toolkit.vector` can use it.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rasterio
-
 from toolkit import esri
 from toolkit.data.chips import CHIP_SUFFIXES, ChipHeader, is_chip, read_header
+from toolkit.data.headers import DtypeSeen, alike_headers, chip_cell_size, require_alike, require_same_size
+from toolkit.data.metadata import (METADATA_FILES, band_names, boundary_class, export_classes, load_json,
+                                   metadata_mode, stats_list)
+
+__all__ = ["CLASSIFIED_TILES", "CYCLEGAN", "DATASET_TYPES", "EXPECTED_TREES", "PIX2PIX", "UNPAIRED_DATASET_TYPES",
+           "UNPAIRED_TREES", "ChipDomain", "ChipFolder", "ChipPair", "UnpairedFolder", "boundary_class",
+           "dataset_type_name", "index_folder", "index_unpaired", "unpaired_layout"]
 
 PIX2PIX = "Pix2Pix"
 CLASSIFIED_TILES = "Classified_Tiles"
@@ -94,7 +106,7 @@ class ChipFolder:
         """The folders that hold the chips and the metadata files of the folder: what the toolkit
         reads, and so must never write into or over (a ``models/`` folder beside them is fine)."""
         folders = {p.parent for pair in [*self.pairs, *(self.valid_pairs or [])] for p in (pair.input, pair.target)}
-        files = [self.path / n for n in (esri.EMD_FILE, esri.MAP_FILE, esri.STATS_FILE, esri.STATS_TEXT_FILE)]
+        files = [self.path / n for n in METADATA_FILES]
         return sorted(folders) + [f for f in files if f.exists()]
 
 
@@ -134,20 +146,9 @@ class UnpairedFolder:
         return sorted(folders) + [f for f in self.metadata_files if f.exists()]
 
 
-def _contour_keys(record: dict) -> dict:
-    """The toolkit's mark of the footprint-outline class (``export_training_data(contour_width=)``)."""
-    return {k: record[k] for k in ("Boundary", "ContourWidth") if k in record}
-
-
-def boundary_class(classes: list[dict]) -> dict | None:
-    """The class that holds footprint outlines: the one marked ``"Boundary": true`` by the export,
-    else one named ``"boundary"``; ``None`` when there is none."""
-    marked = [c for c in classes if c.get("Boundary")] or \
-        [c for c in classes if str(c.get("Name", "")).lower() == "boundary"]
-    return marked[0] if marked else None
-
-
 def dataset_type_name(name: str | None) -> str | None:
+    """The toolkit's name of a dataset type (``"Export_Tiles"`` -> ``"Pix2Pix"``...); None stays
+    None; ``ValueError`` listing the known ones."""
     if name is None:
         return None
     if name not in _ALIASES:
@@ -198,7 +199,7 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
         raise ValueError(f"{path}: the {folder.layout} layout holds image pairs, not class labels; "
                          "use dataset_type='Pix2Pix'.")
     _check_headers(folder)
-    folder.cell_size = _cell_size(folder.pairs[0].input)
+    folder.cell_size = chip_cell_size(folder.pairs[0].input)
     return folder
 
 
@@ -207,19 +208,6 @@ def _existing_folder(path: str | Path) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder.")
     return path
-
-
-def _cell_size(chip: Path) -> tuple[float, float] | None:
-    """Pixel size of a georeferenced chip in its CRS units (the length of a pixel's sides, so
-    chips on a turned grid, ``export_training_data(rotation_angle=...)``, count right); None for
-    plain pictures."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with rasterio.open(chip) as src:
-            if src.crs is None:
-                return None
-            t = src.transform
-            return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
 
 
 def _subdir(path: Path, name: str) -> Path | None:
@@ -233,45 +221,20 @@ def _subdir(path: Path, name: str) -> Path | None:
     return found if found.is_dir() else None
 
 
-def _load_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}).") from err
-
-
 def _esri_folder(path: Path, images: Path, target_dir: Path, kind: str) -> ChipFolder:
-    stats = _load_json(path / esri.STATS_FILE) or {}
-    emd = _load_json(path / esri.EMD_FILE) or {}
+    """An Esri export (images/ + images2/ or labels/) indexed: its pairs, by map.txt when there is
+    one, and what its metadata holds (classes, statistics, band names)."""
+    stats = load_json(path / esri.STATS_FILE) or {}
+    emd = load_json(path / esri.EMD_FILE) or {}
     map_file = path / esri.MAP_FILE
     pairs = _pair_by_map(path, map_file, images, target_dir) if map_file.is_file() else \
         _pair_by_name(images, target_dir)
-    classes = []
-    if kind == CLASSIFIED_TILES:
-        if isinstance(emd.get("Classes"), list) and emd["Classes"]:
-            classes = [{"Value": int(c["Value"]), "Name": str(c.get("Name", c["Value"])),
-                        "Color": c.get("Color")} | _contour_keys(c) for c in emd["Classes"]]
-        elif isinstance(stats.get("Classes"), list) and stats["Classes"]:
-            classes = [{"Value": int(c["ClassValue"]), "Name": str(c.get("ClassName", c["ClassValue"])),
-                        "Color": c.get("Color")} for c in stats["Classes"]]
+    classes = export_classes(emd, stats) if kind == CLASSIFIED_TILES else []
     layout = esri.EXPORT_TILES if target_dir.name.lower() == esri.IMAGES2 else esri.CLASSIFIED_TILES
-    band_names = (stats.get("InputRastersProps") or {}).get("BandNames")
     return ChipFolder(path, layout, kind, pairs, classes=classes,
-                      input_stats=_stats_list(emd.get("AllTilesStats")),
-                      target_stats=_stats_list(emd.get("AllTilesStats2")) if kind == PIX2PIX else None,
-                      band_names=band_names if isinstance(band_names, list) else None)
-
-
-def _stats_list(value) -> list[dict] | None:
-    """AllTilesStats entries usable for normalisation (every band has numbers), else None."""
-    keys = ("Min", "Max", "Mean", "StdDev")
-    if not isinstance(value, list) or not value:
-        return None
-    if not all(isinstance(b, dict) and all(isinstance(b.get(k), (int, float)) for k in keys) for b in value):
-        return None
-    return value
+                      input_stats=stats_list(emd.get("AllTilesStats")),
+                      target_stats=stats_list(emd.get("AllTilesStats2")) if kind == PIX2PIX else None,
+                      band_names=band_names(stats))
 
 
 def _chips(folder: Path) -> dict[str, Path]:
@@ -333,7 +296,7 @@ def _check_headers(folder: ChipFolder) -> None:
     the same size; reading headers only."""
     pairs = folder.pairs + (folder.valid_pairs or [])
     first_in = first_out = None
-    dtypes_in, dtypes_out = _DtypeSeen("input chips"), _DtypeSeen("target chips")
+    dtypes_in, dtypes_out = DtypeSeen("input chips"), DtypeSeen("target chips")
     for pair in pairs:
         header = read_header(pair.input)
         if pair.side_by_side:
@@ -345,60 +308,13 @@ def _check_headers(folder: ChipFolder) -> None:
         dtypes_out.add(pair.target, target)
         if first_in is None:
             first_in, first_out, first_pair = header, target, pair
-            _require_same_size(pair.target, target, pair.input, header, "its input chip")
+            require_same_size(pair.target, target, pair.input, header, "its input chip")
             continue
-        _require_alike(pair.input, header, first_pair.input, first_in)
-        _require_alike(pair.target, target, first_pair.target, first_out)
+        require_alike(pair.input, header, first_pair.input, first_in)
+        require_alike(pair.target, target, first_pair.target, first_out)
     dtypes_in.warn(folder.path)
     dtypes_out.warn(folder.path)
     folder.input_header, folder.target_header = first_in, first_out
-
-
-def _alike_headers(chips: list[Path]) -> ChipHeader:
-    """The header every chip of ``chips`` shares (bands, size); ``ValueError`` naming the first
-    chip that differs; a warning when their data types differ."""
-    first = read_header(chips[0])
-    dtypes = _DtypeSeen("chips")
-    dtypes.add(chips[0], first)
-    for chip in chips[1:]:
-        header = read_header(chip)
-        dtypes.add(chip, header)
-        _require_alike(chip, header, chips[0], first)
-    dtypes.warn(chips[0].parent)
-    return first
-
-
-class _DtypeSeen:
-    """The first chip of each data type in a set: chips of one set in different types (8-bit
-    and 16-bit, integers and floats) usually hold values on different scales, which one set of
-    band statistics then normalises wrongly."""
-
-    def __init__(self, role: str) -> None:
-        self.role, self.first = role, {}
-
-    def add(self, chip: Path, header: ChipHeader) -> None:
-        self.first.setdefault(header.dtype, chip)
-
-    def warn(self, where) -> None:
-        if len(self.first) > 1:
-            (a, chip_a), (b, chip_b) = list(self.first.items())[:2]
-            warnings.warn(f"{where}: the {self.role} are of {len(self.first)} data types, e.g. {chip_a} is "
-                          f"{a} and {chip_b} is {b}; their values may be on different scales, which one "
-                          "set of band statistics normalises wrongly. Export them alike.", stacklevel=4)
-
-
-def _require_alike(chip: Path, got: ChipHeader, ref: Path, expected: ChipHeader) -> None:
-    if (got.bands, got.height, got.width) != (expected.bands, expected.height, expected.width):
-        raise ValueError(
-            f"{chip}: {got.bands} band(s) of {got.width}x{got.height} px, but {ref} and the "
-            f"chips before it have {expected.bands} band(s) of {expected.width}x"
-            f"{expected.height} px; all chips of a set must match.")
-
-
-def _require_same_size(chip: Path, got: ChipHeader, ref: Path, expected: ChipHeader, role: str) -> None:
-    if (got.height, got.width) != (expected.height, expected.width):
-        raise ValueError(f"{chip}: {got.width}x{got.height} px, but {role} {ref} is "
-                         f"{expected.width}x{expected.height} px.")
 
 
 # --- unpaired (CycleGAN) folders ---------------------------------------------------------------------
@@ -428,7 +344,7 @@ def unpaired_layout(path: str | Path, dataset_type: str | None = None) -> str | 
             raise ValueError(f"{path}: holds {have}/ but no {missing}/; an unpaired (CycleGAN) folder "
                              f"holds both domains. Expected one of:\n{UNPAIRED_TREES}")
     images, images2 = _subdir(path, esri.IMAGES), _subdir(path, esri.IMAGES2)
-    if images and images2 and (wanted is not None or _metadata_mode(path) == CYCLEGAN):
+    if images and images2 and (wanted is not None or metadata_mode(path) == CYCLEGAN):
         return "images+images2"
     if wanted is None:
         return None
@@ -440,15 +356,6 @@ def unpaired_layout(path: str | Path, dataset_type: str | None = None) -> str | 
                          f"Expected one of:\n{UNPAIRED_TREES}")
     raise ValueError(f"{path}: dataset_type='CycleGAN' needs two image domains. Expected one "
                      f"of:\n{UNPAIRED_TREES}")
-
-
-def _metadata_mode(path: Path) -> str | None:
-    """``MetaDataMode`` of an export's stats file (where ArcGIS writes it), else of its .emd."""
-    for name in (esri.STATS_FILE, esri.EMD_FILE):
-        mode = (_load_json(path / name) or {}).get("MetaDataMode")
-        if mode:
-            return str(mode)
-    return None
 
 
 def index_unpaired(path: str | Path, *, dataset_type: str | None = None) -> UnpairedFolder:
@@ -464,39 +371,36 @@ def index_unpaired(path: str | Path, *, dataset_type: str | None = None) -> Unpa
         roots = [_subdir(path, name) for name in ("A", "B")]
         a, b = (_esri_domain(name, _subdir(root, esri.IMAGES), root, "AllTilesStats")
                 for name, root in zip(("A", "B"), roots))
-        metadata = [root / name for root in roots for name in _METADATA_NAMES]
+        metadata = [root / name for root in roots for name in METADATA_FILES]
         return UnpairedFolder(path, layout, a, b, metadata_files=metadata)
     if layout == "images+images2":
         a = _esri_domain("A", _subdir(path, esri.IMAGES), path, "AllTilesStats")
         b = _esri_domain("B", _subdir(path, esri.IMAGES2), path, "AllTilesStats2")
         b.band_names = None  # InputRastersProps names the input raster's bands only
-        return UnpairedFolder(path, layout, a, b, metadata_files=[path / n for n in _METADATA_NAMES])
+        return UnpairedFolder(path, layout, a, b, metadata_files=[path / n for n in METADATA_FILES])
     first, second = ("trainA", "trainB") if layout == "trainA+trainB" else ("Images/train_a", "Images/train_b")
     a, b = (_domain(name, _subdir(path, sub)) for name, sub in (("A", first), ("B", second)))
     test_pairs = _test_pairs(path, a, b) if layout == "trainA+trainB" else None
     return UnpairedFolder(path, layout, a, b, test_pairs=test_pairs)
 
 
-_METADATA_NAMES = (esri.EMD_FILE, esri.MAP_FILE, esri.STATS_FILE, esri.STATS_TEXT_FILE)
-
-
 def _domain(name: str, folder: Path) -> ChipDomain:
     chips = list(_chips(folder).values())
     if not chips:
         raise ValueError(f"{folder}: domain {name} holds no chips ({', '.join(sorted(CHIP_SUFFIXES))} files).")
-    return ChipDomain(name, folder, chips, _alike_headers(chips), cell_size=_cell_size(chips[0]))
+    return ChipDomain(name, folder, chips, alike_headers(chips), cell_size=chip_cell_size(chips[0]))
 
 
 def _esri_domain(name: str, folder: Path, metadata: Path, stats_key: str) -> ChipDomain:
     """A domain of an Esri export: its chips, and the statistics and band names its metadata in
     ``metadata`` (a folder) holds under ``stats_key``."""
     domain = _domain(name, folder)
-    emd = _load_json(metadata / esri.EMD_FILE) or {}
-    stats = _load_json(metadata / esri.STATS_FILE) or {}
-    domain.stats, domain.stats_key = _stats_list(emd.get(stats_key)), stats_key
+    emd = load_json(metadata / esri.EMD_FILE) or {}
+    stats = load_json(metadata / esri.STATS_FILE) or {}
+    domain.stats, domain.stats_key = stats_list(emd.get(stats_key)), stats_key
     domain.emd = metadata / esri.EMD_FILE if emd else None
-    names = (stats.get("InputRastersProps") or {}).get("BandNames")
-    domain.band_names = names if isinstance(names, list) and len(names) == domain.header.bands else None
+    names = band_names(stats)
+    domain.band_names = names if names is not None and len(names) == domain.header.bands else None
     return domain
 
 
@@ -516,12 +420,12 @@ def _test_pairs(path: Path, a: ChipDomain, b: ChipDomain) -> list[ChipPair] | No
         return None
     pairs = [ChipPair(n, chips_a[n], chips_b[n]) for n in sorted(chips_a)]
     for domain, chips in ((a, [p.input for p in pairs]), (b, [p.target for p in pairs])):
-        header = _alike_headers(chips)
+        header = alike_headers(chips)
         if header.bands != domain.header.bands:
             raise ValueError(f"{chips[0]}: {header.bands} band(s), but the training chips of domain "
                              f"{domain.name} ({domain.chips[0]}) have {domain.header.bands}.")
-    _require_same_size(pairs[0].target, read_header(pairs[0].target), pairs[0].input,
-                       read_header(pairs[0].input), "its test pair")
+    require_same_size(pairs[0].target, read_header(pairs[0].target), pairs[0].input,
+                      read_header(pairs[0].input), "its test pair")
     return pairs
 
 

@@ -1,4 +1,16 @@
-"""prepare_data: a chip folder -> fastai DataLoaders, with the numbers right."""
+"""prepare_data: a chip folder -> fastai DataLoaders, with the numbers right.
+
+Holds the data package's front door, :func:`prepare_data`: it checks arcgis.learn's arguments
+(accepting, with a warning, those that mean nothing here), reads a paired folder, or several
+merged into one, into :class:`~toolkit.data.folder_loaders.ChipDataLoaders`, and hands an
+unpaired (CycleGAN) folder to :func:`~toolkit.data.unpaired.unpaired_loaders`; with what only it
+needs: merging folders, renaming classes, the default augmentation of masks.
+
+Layer: data (the package's layers, bottom to top: formats and I/O, data, inference core,
+training, front doors). The top of the data layer: above :mod:`toolkit.data.unpaired`,
+:mod:`toolkit.data.folder_loaders` and :mod:`toolkit.data.chip_stats`, whose shared names it
+re-exports (``ChipDataLoaders``, ``FolderDataLoaders``, ``loaders``, ``chip_statistics``...).
+"""
 
 from __future__ import annotations
 
@@ -8,35 +20,27 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-from matplotlib.figure import Figure
-
-from toolkit import esri, viz
-from toolkit._fastai import quiet_import
-from toolkit._args import size_pair
+from toolkit.config import DataConfig
 from toolkit.ddp import local_device
-from toolkit.data.dataset import ChipPairDataset, read_image, read_pair
+from toolkit.data.chip_stats import (chip_statistics, classes_from_labels, folder_norms, statistics_sample,
+                                     usable_esri_stats)
+from toolkit.data.dataset import ChipPairDataset
+from toolkit.data.folder_loaders import (ChipDataLoaders, FolderDataLoaders, chip_sizes, default_batch_size,
+                                         default_num_workers, loaders)
 from toolkit.data.layouts import (CLASSIFIED_TILES, ChipFolder, ChipPair, index_folder, index_unpaired,
                                   unpaired_layout)
-from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding
 from toolkit.data.split import split_by_area, split_pairs
-from toolkit.stats import BandStatistics
+from toolkit.data.unpaired import UnpairedDataLoaders, unpaired_loaders
 
-with quiet_import():
-    from fastai.data.core import DataLoaders, TfmdDL
-
-if TYPE_CHECKING:
-    from toolkit.data.unpaired import UnpairedDataLoaders
-
-__all__ = ["ChipDataLoaders", "FolderDataLoaders", "default_num_workers", "prepare_data"]
+__all__ = ["ChipDataLoaders", "FolderDataLoaders", "default_num_workers", "prepare_data",
+           # re-exported from the modules below, where they moved
+           "chip_sizes", "chip_statistics", "default_batch_size", "loaders", "statistics_sample", "usable_esri_stats"]
 
 # prepare_data's default extra augmentation of mask targets (Classified_Tiles): arcgis.learn's
 # lighting; turns and zooms, which lift held-out footprint scores (benchmarks/README.md)
 MASK_AUGMENTATION = {"max_lighting": 0.3, "max_rotate": 15.0, "max_zoom": 1.1}
 
-# arcgis.learn prepare_data keywords that the toolkit does not take, and why (named in the error)
 # arcgis.learn's prepare_data keywords that mean nothing for these models here: accepted, with
 # a warning of what they do in arcgis.learn and why they are ignored
 IGNORED_ARCGIS_KWARGS = {
@@ -52,154 +56,6 @@ IGNORED_ARCGIS_KWARGS = {
     "channels_of_interest": "applies to arcgis.learn's time-series data",
     "lighting_transforms": "switches arcgis.learn's lighting augmentation; use max_lighting= (0: none)",
 }
-
-
-def default_batch_size(device) -> int:
-    """``batch_size=None`` (arcgis.learn estimates one from the GPU's memory): 8 on the CPU; on
-    a GPU the largest power of two up to 64 that leaves about 1 GiB of its free memory per chip
-    pair of 256 px in training (a rule of thumb for the paper's networks, not a measurement)."""
-    import torch
-
-    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        return 8
-    free, _ = torch.cuda.mem_get_info(device)
-    fits = max(1, int(free // 2**30) - 2)
-    return min(64, 2 ** (fits.bit_length() - 1))
-
-
-def default_num_workers() -> int:
-    """Loader processes for this machine: none on 2 cores or fewer, where a worker competes with
-    training for the same cores (benchmarks/README.md), else one per core but one, up to 8."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cpus <= 2 else min(8, cpus - 1)
-
-
-class FolderDataLoaders(DataLoaders):
-    """What the toolkit's DataLoaders share: the indexed ``folder`` they read (whose
-    ``input_paths`` are never written into), the chip size the model sees, figure bands."""
-
-    def __init__(self, train: TfmdDL, valid: TfmdDL, *, folder, chip_size: tuple[int, int],
-                 resized: tuple[int, int] | None, rgb_bands: Sequence[int] | None, device) -> None:
-        super().__init__(train, valid, path=folder.path, device=device)
-        self.folder = folder
-        self._chip_size = chip_size
-        self._resized = resized  # chip size after resize_to, before any crop
-        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
-        # arcgis.learn's working_dir: models trained on this data save under <working_dir>/models
-        self.working_dir: Path | None = None
-        # chips in neither set: across the edge of prepare_data's validation_area
-        self.left_out: list = []
-
-    @property
-    def chip_size(self) -> int | tuple[int, int]:
-        """Size of the chips the model sees: ``n`` for square chips, else ``(width, height)``."""
-        w, h = self._chip_size
-        return w if w == h else (w, h)
-
-    def _training_samples(self, rows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The first ``rows`` samples of training batches, as the model sees them (augmented)."""
-        xs, ys = [], []
-        for x, y in self.train:
-            xs.extend(x.cpu().numpy())
-            ys.extend(y.cpu().numpy())
-            if len(xs) >= rows:
-                break
-        return xs[:rows], ys[:rows]
-
-
-class ChipDataLoaders(BandCounts, FolderDataLoaders):
-    """fastai ``DataLoaders`` over a chip folder, with what the models and figures need to know.
-
-    Batches are ``(input, target)``: float32 ``(batch, bands, h, w)`` in [-1, 1].
-    """
-
-    def __init__(self, train: TfmdDL, valid: TfmdDL, *, folder: ChipFolder, input_norm: BandNorm,
-                 target_norm: BandNorm | MaskEncoding, chip_size: tuple[int, int],
-                 resized: tuple[int, int] | None = None, rgb_bands: Sequence[int] | None = None,
-                 device=None) -> None:
-        super().__init__(train, valid, folder=folder, chip_size=chip_size,
-                         resized=resized or (folder.input_header.width, folder.input_header.height),
-                         rgb_bands=rgb_bands, device=device)
-        self.input_norm = input_norm
-        self.target_norm = target_norm
-
-    @property
-    def dataset_type(self) -> str:
-        """``"Pix2Pix"`` (image -> image) or ``"Classified_Tiles"`` (image -> class mask)."""
-        return self.folder.dataset_type
-
-    @property
-    def cell_size(self) -> tuple[float, float] | None:
-        """Ground size of a pixel as the model sees it (after ``resize_to``), in CRS units;
-        None for chips without georeference."""
-        native = self.folder.cell_size
-        if native is None:
-            return None
-        header = self.folder.input_header
-        return (native[0] * header.width / self._resized[0], native[1] * header.height / self._resized[1])
-
-    @property
-    def class_records(self) -> list[dict]:
-        """Classified_Tiles: the toolkit's class records ``[{"Value", "Name", "Color"}]``;
-        empty for image targets."""
-        return list(self.target_norm.classes) if isinstance(self.target_norm, MaskEncoding) else []
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names, as arcgis.learn gives them (Classified_Tiles); empty for image targets.
-        The values and colours are in :attr:`class_records`."""
-        return [str(c.get("Name", c["Value"])) for c in self.class_records]
-
-    @property
-    def class_mapping(self) -> dict[int, str]:
-        """``{value: name}`` of the classes, as arcgis.learn's ``data.class_mapping``; empty for
-        image targets."""
-        return {int(c["Value"]): str(c.get("Name", c["Value"])) for c in self.class_records}
-
-    def use_normalization(self, input_norm: BandNorm, target_norm: BandNorm | MaskEncoding) -> None:
-        """Scale this data's chips with other statistics from now on (a saved model's, for
-        fine-tuning), in training and validation alike. Band counts and classes must match."""
-        if input_norm.n_bands != self.n_bands_in or target_norm.n_bands != self.n_bands_out:
-            raise ValueError(f"{self.path}: the data has {self.n_bands_in} -> {self.n_bands_out} bands, "
-                             f"the statistics {input_norm.n_bands} -> {target_norm.n_bands}.")
-        if isinstance(target_norm, MaskEncoding) != isinstance(self.target_norm, MaskEncoding) or (
-                isinstance(target_norm, MaskEncoding) and target_norm.values != self.target_norm.values):
-            raise ValueError(f"{self.path}: the data's target ({self.target_norm.to_dict().get('kind')}, "
-                             f"classes {[c['Value'] for c in self.class_records]}) does not match the model's "
-                             f"({target_norm.to_dict().get('kind')}"
-                             + (f", classes {target_norm.values}" if isinstance(target_norm, MaskEncoding) else "")
-                             + ").")
-        self.input_norm, self.target_norm = input_norm, target_norm
-        for ds in (self.train_ds, self.valid_ds):
-            ds.input_norm, ds.target_norm = input_norm, target_norm
-
-    @property
-    def stats(self) -> dict:
-        """Per-band statistics of input and target as a plain, JSON-serialisable dict."""
-        return {"input": self.input_norm.to_dict(), "target": self.target_norm.to_dict()}
-
-    def __repr__(self) -> str:
-        return (f"ChipDataLoaders({self.dataset_type}, {self.folder.layout} layout at {self.path}: "
-                f"{len(self.train_ds)} train / {len(self.valid_ds)} valid chips"
-                + (f" ({len(self.left_out)} across the validation area's edge left out)" if self.left_out else "")
-                + " of "
-                f"{self._chip_size[0]}x{self._chip_size[1]} px, {self.n_bands_in} -> "
-                f"{self.n_bands_out} bands)")
-
-    def show_batch(self, rows: int = 4, rgb_bands: Sequence[int] | None = None, **kwargs) -> Figure:
-        """Input / Target columns for ``rows`` training samples, as the model sees them
-        (augmented); returns the matplotlib figure."""
-        xs, ys = self._training_samples(rows)
-        rgb = rgb_bands if rgb_bands is not None else self.rgb_bands
-        columns = {"Input": [viz.to_display(x, rgb) for x in xs],
-                   "Target": [self.display_target(y) for y in ys]}
-        return viz.show_grid(columns, **kwargs)
-
-    def display_target(self, y: np.ndarray) -> np.ndarray:
-        """A target ``(bands, h, w)`` in [-1, 1] as a picture: class colours or stretched bands."""
-        if isinstance(self.target_norm, MaskEncoding):
-            return viz.mask_to_rgb(self.target_norm.decode(y), self.class_records)
-        return viz.to_display(y)
 
 
 def prepare_data(
@@ -303,8 +159,6 @@ def prepare_data(
         raise ValueError(f"batch_size must be an integer >= 1 (or None: chosen for the device), got {batch_size!r}.")
     paths = _paths(path)
     if any(unpaired_layout(p, dataset_type) is not None for p in paths):
-        from toolkit.data.unpaired import unpaired_loaders  # late: it builds on this module
-
         if len(paths) > 1:
             raise ValueError(f"a list of folders is read for paired data only; {paths} include an "
                              "unpaired (CycleGAN) folder: pass one unpaired folder.")
@@ -318,6 +172,7 @@ def prepare_data(
                                 resize_to=resize_to, transforms=transforms, norm_pct=norm_pct,
                                 num_workers=num_workers, rgb_bands=rgb_bands, collate_fn=collate_fn)
         data.working_dir = Path(working_dir) if working_dir is not None else None
+        data.settings = _settings(batch_size, val_split_pct, seed, chip_size)
         return data
     folder = merge_folders([index_folder(p, dataset_type=dataset_type, direction=direction) for p in paths])
     if class_mapping is not None:
@@ -333,7 +188,7 @@ def prepare_data(
         split = split_by_area(folder.pairs, validation_area, where=str(folder.path))
         train_pairs, valid_pairs, left_out = split.train, split.valid, split.left_out
 
-    input_norm, target_norm = _norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract)
+    input_norm, target_norm = folder_norms(folder, train_pairs, valid_pairs, norm_pct, seed, extract)
     resize, size, crop = chip_sizes((folder.input_header.width, folder.input_header.height),
                                     resize_to, chip_size, where=f"the chips of {folder.path}")
     augment = transforms is None
@@ -353,7 +208,15 @@ def prepare_data(
                            rgb_bands=rgb_bands, device=device)
     data.working_dir = Path(working_dir) if working_dir is not None else None
     data.left_out = left_out
+    data.settings = _settings(batch_size, val_split_pct, seed, chip_size)
     return data
+
+
+def _settings(batch_size: int, val_split_pct: float, seed: int, chip_size) -> DataConfig:
+    """What a repeat of this run needs (a saved model's ``Toolkit.run.data``, ``toolkit train
+    --config``); the arguments were checked by then."""
+    return DataConfig(batch_size=batch_size, val_split_pct=float(val_split_pct), seed=int(seed),
+                      chip_size=tuple(chip_size) if isinstance(chip_size, list) else chip_size)
 
 
 def augmentation(max_lighting, max_rotate, max_zoom, *, defaults: bool) -> dict[str, float]:
@@ -426,7 +289,7 @@ def rename_classes(folder: ChipFolder, class_mapping: Mapping[int, str]) -> list
         mapping = {int(k): str(v) for k, v in dict(class_mapping).items()}
     except (TypeError, ValueError) as err:
         raise ValueError(f"class_mapping must map class values (integers) to names, got {class_mapping!r}.") from err
-    classes = folder.classes or _classes_from_labels(folder.pairs)
+    classes = folder.classes or classes_from_labels(folder.pairs)
     known = {int(c["Value"]) for c in classes}
     unknown = sorted(set(mapping) - known)
     if unknown:
@@ -466,141 +329,6 @@ def check_arguments(*, val_split_pct: float, norm_pct: float, num_workers: int |
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
 
 
-def chip_sizes(native: tuple[int, int], resize_to, chip_size, *, where: str):
-    """``(resize, size, crop)`` as (width, height) pairs: the ``resize_to`` size (or None), the
-    size chips have after it, and the ``chip_size`` crop (or None); ``ValueError`` when the crop
-    is larger than the chips (``where`` names them)."""
-    resize = size_pair(resize_to, "resize_to") if resize_to is not None else None
-    size = resize or tuple(native)
-    crop = size_pair(chip_size, "chip_size") if chip_size is not None else None
-    if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
-        raise ValueError(f"chip_size {crop} is larger than {where} ({size[0]}x{size[1]} px"
-                         f"{' after resize_to' if resize else ''}).")
-    return resize, size, crop
-
-
-def loaders(train_ds, valid_ds, *, batch_size: int, num_workers: int | None, transforms,
-            collate_fn: Callable | None = None):
-    """fastai ``TfmdDL`` s over a training and a validation dataset, and the device they load to.
-
-    A list of ``transforms`` becomes batch transforms (fastai skips them on validation);
-    ``collate_fn`` (a list of samples -> a batch) replaces fastai's ``fa_collate``."""
-    batch_tfms = list(transforms) if transforms not in (None, False) else []
-    workers = default_num_workers() if num_workers is None else num_workers
-    device = local_device()  # under torchrun with GPUs: this process's own GPU
-    extra = {"create_batch": collate_fn} if collate_fn is not None else {}
-    train_dl = TfmdDL(train_ds, bs=batch_size, shuffle=True, num_workers=workers,
-                      after_batch=batch_tfms, device=device, **extra)
-    valid_dl = TfmdDL(valid_ds, bs=batch_size, shuffle=False, num_workers=workers,
-                      after_batch=batch_tfms, device=device, **extra)
-    return train_dl, valid_dl, device
-
-
-def _norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], norm_pct: float,
-           seed: int, extract_bands: list[int] | None):
-    """Input statistics and the target's normalisation or class encoding."""
-    is_mask = folder.dataset_type == CLASSIFIED_TILES
-    input_stats = usable_esri_stats(folder.input_stats, folder.input_header.bands, key="AllTilesStats",
-                                    where=folder.path)
-    target_stats = usable_esri_stats(folder.target_stats, folder.target_header.bands, key="AllTilesStats2",
-                                     where=folder.path, warn_mismatch=False)
-
-    need_input, need_target = input_stats is None, (not is_mask and target_stats is None)
-    computed = _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target)
-    names = folder.band_names if folder.band_names and len(folder.band_names) == folder.input_header.bands else None
-    if input_stats is not None:
-        selected = [input_stats[b] for b in extract_bands] if extract_bands else input_stats
-        input_norm = BandNorm.from_esri(selected, source=f"AllTilesStats of {folder.path / esri.EMD_FILE}")
-    else:
-        if names and extract_bands:
-            names = [names[b] for b in extract_bands]
-        input_norm = BandNorm.from_statistics(computed["input"], computed["source"], names)
-    if is_mask:
-        classes = folder.classes or _classes_from_labels(train + valid)
-        return input_norm, MaskEncoding(classes)
-    if target_stats is not None:
-        return input_norm, BandNorm.from_esri(target_stats, source=f"AllTilesStats2 of {folder.path / esri.EMD_FILE}")
-    return input_norm, BandNorm.from_statistics(computed["target"], computed["source"])
-
-
-def usable_esri_stats(stats: list[dict] | None, n_bands: int, *, key: str, where,
-                      warn_mismatch: bool = True) -> list[dict] | None:
-    """An .emd statistics list (``key``: ``AllTilesStats``...) if it can normalise chips of
-    ``n_bands`` bands: one finite entry per band. Else None, with a warning naming ``where``,
-    so the statistics are computed from the chips instead."""
-    if stats is None:
-        return None
-    if len(stats) != n_bands:
-        if warn_mismatch:
-            warnings.warn(f"{where}: the .emd {key} has {len(stats)} bands, the chips {n_bands}; "
-                          "computing statistics from the chips instead.")
-        return None
-    if not _finite_stats(stats):
-        warnings.warn(f"{where}: the .emd {key} holds missing or non-finite statistics "
-                      "(an export of a raster with NaN or infinite pixels); computing them from "
-                      "the chips' finite values instead.")
-        return None
-    return stats
-
-
-def _finite_stats(stats) -> bool:
-    """True when every band of an .emd statistics list has finite Min, Max, Mean and StdDev."""
-    try:
-        return all(np.isfinite(float(b[k])) for b in stats for k in ("Min", "Max", "Mean", "StdDev"))
-    except (TypeError, ValueError, KeyError):
-        return False
-
-
-def statistics_sample(n: int, norm_pct: float, seed: int) -> list[int]:
-    """Indices of the seeded sample of ``n`` training chips that statistics come from."""
-    size = max(1, int(round(n * norm_pct)))
-    return sorted(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-def _sample_source(n_sample: int, n: int, where) -> str:
-    return f"{n_sample} of the {n} training chips of {where}"
-
-
-def chip_statistics(chips: Sequence[Path], n_bands: int, *, norm_pct: float, seed: int, where,
-                    extract_bands: Sequence[int] | None = None) -> tuple[BandStatistics, str]:
-    """Per-band statistics of the valid pixels of a seeded sample (``norm_pct``) of ``chips``
-    (one domain's training chips), and a note of where they come from (``where`` names the set)."""
-    sample = statistics_sample(len(chips), norm_pct, seed)
-    stats = BandStatistics(len(extract_bands) if extract_bands else n_bands)
-    for i in sample:
-        stats.update(*read_image(chips[i], extract_bands=extract_bands))
-    return stats, _sample_source(len(sample), len(chips), where)
-
-
-def _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target) -> dict:
-    """Input and target statistics of the training pairs, read once per pair."""
-    if not (need_input or need_target):
-        return {}
-    sample = statistics_sample(len(train), norm_pct, seed)
-    bands_in = len(extract_bands) if extract_bands else folder.input_header.bands
-    stats_in, stats_out = BandStatistics(bands_in), BandStatistics(folder.target_header.bands)
-    for i in sample:
-        x, x_valid, y, y_valid = read_pair(train[i], extract_bands=extract_bands)
-        if need_input:
-            stats_in.update(x, x_valid)
-        if need_target:
-            stats_out.update(y, y_valid)
-    return {"input": stats_in, "target": stats_out,
-            "source": _sample_source(len(sample), len(train), folder.path)}
-
-
-def _classes_from_labels(pairs: list[ChipPair]) -> list[dict]:
-    """Classes of a folder without metadata: every non-zero label value found."""
-    values: set[int] = set()
-    for pair in pairs:
-        _, _, y, _ = read_pair(pair)
-        values.update(int(v) for v in np.unique(y[0]) if v != 0)
-    if not values:
-        raise ValueError(f"{pairs[0].target.parent}: the labels hold no class (all 0) and the folder "
-                         "has no .emd or stats file naming its classes.")
-    return [{"Value": v, "Name": str(v), "Color": None} for v in sorted(values)]
-
-
 def _extract_bands(bands, n_bands: int) -> list[int] | None:
     if bands is None:
         return None
@@ -608,3 +336,4 @@ def _extract_bands(bands, n_bands: int) -> list[int] | None:
     if not bands or not all(0 <= b < n_bands for b in bands):
         raise ValueError(f"extract_bands must list 0-based bands of the {n_bands} input bands, got {bands}.")
     return bands
+

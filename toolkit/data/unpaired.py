@@ -64,6 +64,11 @@ What this module does
   for ``a`` and ``b``: they show different places.
 - ``test_pairs``: when ``testA/`` and ``testB/`` hold chips of the same names (true pairs: the
   same ground in both domains), a deterministic dataset of them, for PSNR/SSIM.
+
+Layer: data (the package's layers, bottom to top: formats and I/O, data, inference core,
+training, front doors). Built on :mod:`toolkit.data.folder_loaders` and
+:mod:`toolkit.data.chip_stats`, which paired data share; below :mod:`toolkit.data.loaders`, whose
+``prepare_data`` hands unpaired folders to :func:`unpaired_loaders`.
 """
 
 from __future__ import annotations
@@ -77,10 +82,11 @@ from matplotlib.figure import Figure
 
 from toolkit import viz
 from toolkit._fastai import quiet_import
+from toolkit.data.chip_stats import chip_statistics, usable_esri_stats
 from toolkit.data.chips import read_header
 from toolkit.data.dataset import crop, dihedral, read_image, resize_bands
+from toolkit.data.folder_loaders import FolderDataLoaders, chip_sizes, loaders
 from toolkit.data.layouts import CYCLEGAN, ChipDomain, UnpairedFolder
-from toolkit.data.loaders import FolderDataLoaders, chip_sizes, chip_statistics, loaders, usable_esri_stats
 from toolkit.data.normalization import BandNorm
 from toolkit.data.split import split_items
 from toolkit.stats import check_band_coverage

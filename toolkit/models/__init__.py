@@ -14,12 +14,15 @@ discriminators), :class:`ImagePool`. Inference alone, without fastai:
 
 Names are imported from their modules when first used, so the fastai-free modules (``specs``,
 ``translation``, ``networks``, ``model_folder``, ``arcgis_learn``) can be imported without fastai.
+
+Layer: front doors.
 """
 
 from toolkit._lazy import lazy_exports
 
 _EXPORTS = {
-    "toolkit.models.base": ("MODEL_TYPES", "TranslationModel", "load_model", "register"),
+    "toolkit.models.base": ("MODEL_TYPES", "TranslationModel", "register"),
+    "toolkit.models.zoo": ("MODELS", "load_model"),
     "toolkit.models.translation": ("Translation", "load_translation"),
     "toolkit.models.gan": ("DiscriminatorStep", "GANTrainer", "History", "Pix2PixLoss"),
     "toolkit.models.networks": ("SUPPORTED_BACKBONES", "PatchDiscriminator", "ResnetGenerator", "UNetGenerator",

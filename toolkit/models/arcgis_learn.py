@@ -17,6 +17,8 @@ networks of a direction take and give (the larger side's; the smaller side's ban
 to fill it), ``n_channel`` the target's bands (CycleGAN: domain B's), ``n_channel_rev`` domain
 A's, ``NormalizationStats`` the input's (domain A's) band statistics, ``NormalizationStats_b``
 the target's (domain B's). CycleGAN's ``G_B`` makes B from A, ``G_A`` A from B.
+
+Layer: inference core.
 """
 
 from __future__ import annotations

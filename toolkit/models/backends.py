@@ -25,6 +25,8 @@ compiled network is checked once against PyTorch on a probe batch: where it diff
 :data:`PROBE_TOLERANCE` of the output's range (a layer the exporter or the runtime treats
 otherwise), ``"auto"`` falls back to PyTorch with a warning and a named backend raises. Inputs
 of another shape than the compiled chip (``predict`` on an odd-sized image) run in PyTorch.
+
+Layer: inference core.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ epochs waited by early stopping, the mixed-precision gradient scalers, the rando
 (torch CPU and CUDA, numpy, ``random``, the training DataLoader's shuffling) and whether the fit
 completed. Everything is plain tensors, numbers, strings, lists and dicts, so
 ``torch.load(weights_only=True)`` reads it.
+
+Layer: training.
 """
 
 from __future__ import annotations

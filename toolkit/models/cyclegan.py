@@ -17,6 +17,8 @@ both discriminators, lr 2e-4, betas (0.5, 0.999). Per batch the G step comes fir
 Learner's step), then the D step on pooled fakes (:class:`CycleGANTrainer`).
 
 Training, checkpoints, saving and inference are :class:`toolkit.models.base.TranslationModel`'s.
+
+Layer: front doors.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit import viz
+from toolkit.config import CycleGANConfig
+from toolkit.inference import predict_raster
 from toolkit.metrics import Scores, psnr, ssim
 from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
 from toolkit.models.gan import DiscriminatorStep, Pix2PixLoss
 from toolkit.models.specs import CycleGANSpec
 
 __all__ = ["CycleGAN", "CycleGANTrainer", "ImagePool"]
+
+_DEFAULTS = CycleGANConfig  # the keywords' defaults, stated once (toolkit.config)
 
 CYCLEGAN = "CycleGAN"
 
@@ -204,10 +210,11 @@ class CycleGAN(CycleGANSpec, TranslationModel):
                                                  ("cycle_loss", "cycle"), ("identity_loss", "identity")]),
                    ("D losses", [("d_a_loss", "D_A"), ("d_b_loss", "D_B")])]
 
-    def __init__(self, data, pretrained_path: str | os.PathLike | None = None, gen_blocks: int = 9,
-                 lsgan: bool = True, *, ngf: int = 64, ndf: int = 64, lambda_A: float = 10.0,
-                 lambda_B: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
-                 norm: str = "instance", mixed_precision: bool | None = None,
+    def __init__(self, data, pretrained_path: str | os.PathLike | None = None,
+                 gen_blocks: int = _DEFAULTS.gen_blocks, lsgan: bool = _DEFAULTS.lsgan, *, ngf: int = _DEFAULTS.ngf,
+                 ndf: int = _DEFAULTS.ndf, lambda_A: float = _DEFAULTS.lambda_A, lambda_B: float = _DEFAULTS.lambda_B,
+                 lambda_identity: float = _DEFAULTS.lambda_identity, pool_size: int = _DEFAULTS.pool_size,
+                 norm: str = _DEFAULTS.norm, mixed_precision: bool | None = None,
                  working_dir: str | os.PathLike | None = None) -> None:
         if data is None:
             raise ValueError("CycleGAN needs data from prepare_data(path, dataset_type='CycleGAN'); to "
@@ -216,6 +223,8 @@ class CycleGAN(CycleGANSpec, TranslationModel):
             raise ValueError(f"{data.path}: CycleGAN trains on two unpaired domains; this data is "
                              f"{data.dataset_type!r}. Use prepare_data(path, dataset_type='CycleGAN') on "
                              "a folder of two domains (trainA/ + trainB/, or an Esri CycleGAN export).")
+        CycleGANConfig(gen_blocks=gen_blocks, lsgan=lsgan, ngf=ngf, ndf=ndf, lambda_A=lambda_A,  # checks
+                       lambda_B=lambda_B, lambda_identity=lambda_identity, pool_size=pool_size, norm=norm)
         size = data.chip_size
         cell_b = getattr(data, "cell_size_b", None)
         config = {
@@ -311,7 +320,7 @@ class CycleGAN(CycleGANSpec, TranslationModel):
         (``convert_to`` ``"b"`` or ``"a"``), blended as :func:`toolkit.inference.predict_raster`;
         with a ``dask.distributed.Client`` as ``client``, on its workers (save the model first),
         failing after ``timeout`` seconds without any worker."""
-        return self._predict_raster(self.translation(convert_to), in_raster, out_raster, padding=padding,
+        return predict_raster(self.translation(convert_to), in_raster, out_raster, padding=padding,
                                     batch_size=batch_size, overwrite=overwrite, progress=progress, tta=tta,
                                     client=client, timeout=timeout, backend=backend,
                                     precision=precision)

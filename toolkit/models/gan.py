@@ -12,6 +12,8 @@ optimizer shared by both nets, G or D per batch instead of both). Here, per batc
    into G only and steps with G's Adam.
 
 In validation the loss is the plain L1, so fastai's ``valid_loss`` is the validation L1.
+
+Layer: training.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
       ArcGISImageTranslation.py     the Python raster function ArcGIS Pro runs (the .emd's
                                     InferenceFunction; see toolkit.arcgis_pro)
       <name>.dlpk                   a zip of the above
+
+Layer: inference core.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from pathlib import Path
 
 import torch
 
+from toolkit import __version__
+from toolkit._args import size_tuple
 from toolkit._fs import atomic_folder
+from toolkit.arcgis_pro import INFERENCE_FUNCTION
+from toolkit.data.normalization import BandNorm, MaskEncoding
 from toolkit.models.arcgis_learn import is_arcgis_emd, toolkit_emd, toolkit_weights
 from toolkit.models.emd_schema import validate_emd
 
-__all__ = ["MAX_EMD_BYTES", "MAX_WEIGHTS_BYTES", "check_file_name", "read_model_folder",
+__all__ = ["MAX_EMD_BYTES", "MAX_WEIGHTS_BYTES", "arcgis_stats", "check_file_name", "model_emd", "read_model_folder",
            "read_package_member", "write_model_folder"]
 
 
@@ -297,3 +303,56 @@ def _check_torch_zip(file, source) -> None:
     if total > min(length, MAX_WEIGHTS_BYTES):
         raise ValueError(f"{source}: corrupt or unreadable weights file (its records declare "
                          f"{_size(total)} in a file of {_size(length)}).")
+
+
+def model_emd(name: str, *, model_type: str, model_name: str, config: dict, input_norm: BandNorm, target_norm,
+              model_keys: dict, history: list, metrics: dict, footprint_settings: dict | None,
+              run: dict | None = None) -> dict:
+    """The ``.emd`` of a model saved as ``<name>.pth``: the keys ArcGIS Pro reads, the model's
+    arcgis.learn keys (``model_keys``), then the toolkit's own (``Toolkit``: ``run`` holds the
+    data and fit settings of :mod:`toolkit.config` that trained it, for a repeat); see
+    :meth:`toolkit.models.base.TranslationModel._emd` for why each is as it is."""
+    is_mask = isinstance(target_norm, MaskEncoding)
+    c = config
+    width, height = size_tuple(c["chip_size"])
+    emd = {
+        "Framework": "PyTorch",
+        "ModelType": model_type,
+        "ModelName": model_name,
+        "InferenceFunction": INFERENCE_FUNCTION,
+        "ModelFile": f"{name}.pth",
+        "ImageHeight": height,
+        "ImageWidth": width,
+        "ExtractBands": c.get("extract_bands") or list(range(c["n_bands_in"])),
+        "SupportsVariableTileSize": True,
+        "n_intput_channel": c["n_bands_in"],  # sic: arcgis.learn's key
+        "n_channel": c["n_bands_out"],
+        "NormalizationStats": arcgis_stats(input_norm),
+        "NormalizationStats_b": arcgis_stats(target_norm) if not is_mask else None,
+        "ArcGISLearnVersion": "toolkit " + __version__,
+        "ImageSpaceUsed": "MAP_SPACE",
+    }
+    emd |= model_keys
+    emd["Toolkit"] = {"version": __version__, "config": c, "input_norm": input_norm.to_dict(),
+                      "target_norm": target_norm.to_dict(), "history": history,
+                      "metrics": metrics, "footprint_settings": footprint_settings}
+    if run:
+        emd["Toolkit"]["run"] = run
+    if is_mask:
+        from matplotlib import colormaps
+
+        tab10 = colormaps["tab10"]
+        emd["Classes"] = [
+            {"Value": int(k["Value"]), "Name": str(k.get("Name", k["Value"])),
+             "Color": [int(v) for v in k["Color"][:3]] if k.get("Color") and min(k["Color"][:3]) >= 0
+             else [round(255 * v) for v in tab10(i % 10)[:3]]}
+            for i, k in enumerate(target_norm.classes)]
+    emd.update({k: v for k, v in metrics.items()})
+    return emd
+
+
+def arcgis_stats(norm: BandNorm) -> dict:
+    """A band normalisation in arcgis.learn's ``NormalizationStats`` keys."""
+    return {"band_min_values": norm.min, "band_max_values": norm.max,
+            "band_mean_values": norm.mean, "band_std_values": norm.std,
+            "scaled_min_values": norm.low.tolist(), "scaled_max_values": norm.high.tolist()}

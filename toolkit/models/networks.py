@@ -5,6 +5,8 @@ Both follow the reference code's defaults (DESIGN section 4), with two changes t
 any chip: any number of input and output bands, and a generator depth chosen from the chip size
 (down to a 1x1 bottleneck, as the paper's), with sides that are not a multiple of 2**depth padded
 (reflect) and the output cropped back.
+
+Layer: inference core.
 """
 
 from __future__ import annotations

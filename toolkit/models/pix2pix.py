@@ -13,12 +13,15 @@ It sits on parts a user can also use alone: ``model.learn`` is a fastai ``Learne
 is the generator; ``GANTrainer`` (in ``model.learn.cbs``) owns the discriminator. Training,
 saving and inference are :class:`toolkit.models.base.TranslationModel`'s; this file holds what
 is pix2pix's own: its networks, its loss, its ``.emd`` keys, its metrics and figures.
+
+Layer: front doors.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +30,9 @@ from scipy import ndimage
 from torch import nn
 
 from toolkit import viz
+from toolkit.config import Pix2PixConfig
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
+from toolkit.inference import predict_raster
 from toolkit.metrics import Scores, confusion, object_counts, psnr, scores_from_confusion, ssim
 from toolkit.models.arcgis_learn import arcgis_emd, arcgis_weights
 from toolkit.models.base import Translation, TranslationModel, one_image, progress, register
@@ -38,7 +43,8 @@ from toolkit.models.specs import Pix2PixSpec
 __all__ = ["Pix2Pix"]
 
 DEFAULT_LR = 2e-4
-RECIPES = ("paper", "arcgis")
+RECIPES = typing.get_args(typing.get_type_hints(Pix2PixConfig)["recipe"])
+_DEFAULTS = Pix2PixConfig  # the keywords' defaults, stated once (toolkit.config)
 RECORDED = ["valid_loss", "train_loss", "gen_loss", "l1_loss", "d_loss"]  # per epoch, by fit
 
 
@@ -94,15 +100,19 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
     supported_datasets = list(DATASET_TYPES) + ["Export_Tiles"]
 
     def __init__(self, data, pretrained_path: str | os.PathLike | None = None,
-                 backbone: str | None = None, perceptual_loss: bool | str | os.PathLike = False, *,
-                 lambda_perceptual: float | None = None, ngf: int = 64, ndf: int = 64,
-                 lambda_l1: float = 100.0, gan_weight: float = 1.0, norm: str = "batch",
-                 class_balance: bool = False, backbone_weights: str | os.PathLike | None = None,
-                 mixed_precision: bool | None = None, recipe: str = "paper",
-                 working_dir: str | os.PathLike | None = None) -> None:
+                 backbone: str | None = _DEFAULTS.backbone, perceptual_loss: bool | str | os.PathLike = False, *,
+                 lambda_perceptual: float | None = None, ngf: int = _DEFAULTS.ngf, ndf: int = _DEFAULTS.ndf,
+                 lambda_l1: float = _DEFAULTS.lambda_l1, gan_weight: float = _DEFAULTS.gan_weight,
+                 norm: str = _DEFAULTS.norm, class_balance: bool = _DEFAULTS.class_balance,
+                 backbone_weights: str | os.PathLike | None = None, mixed_precision: bool | None = None,
+                 recipe: str = _DEFAULTS.recipe, working_dir: str | os.PathLike | None = None) -> None:
         if data is None:
             raise ValueError("Pix2Pix needs data from prepare_data(); to load a saved model for "
                              "inference without data use Pix2Pix.from_model(path).")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
+        Pix2PixConfig(backbone=backbone, ngf=ngf, ndf=ndf, lambda_l1=lambda_l1, gan_weight=gan_weight,  # checks
+                      norm=norm, class_balance=bool(class_balance), recipe=recipe)
         self._perceptual = None
         kind = "discriminator" if perceptual_loss is True else None
         if kind is None and perceptual_loss is not False and perceptual_loss is not None:
@@ -268,7 +278,7 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
         scene run on its workers (save the model first), failing after ``timeout`` seconds
         without any worker; ``backend`` where the generator runs (default the fastest exact path
         installed, :mod:`toolkit.models.backends`); see :func:`toolkit.inference.predict_raster`."""
-        return self._predict_raster(self.translation(), in_raster, out_raster, padding=padding,
+        return predict_raster(self.translation(), in_raster, out_raster, padding=padding,
                                     batch_size=batch_size, threshold=threshold, overwrite=overwrite,
                                     progress=progress, tta=tta, client=client, timeout=timeout, backend=backend,
                                     precision=precision)

@@ -8,17 +8,19 @@ statistics of each direction of translation. The model classes (:class:`toolkit.
 :class:`toolkit.CycleGAN`) are their specs plus training on fastai; :func:`load_translation
 <toolkit.models.translation.load_translation>` needs the spec alone, so inference runs without
 fastai.
+
+Layer: inference core.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from toolkit._args import size_tuple
 from toolkit.data.layouts import CYCLEGAN
-from toolkit.models.emd_schema import MAX_DEPTH, Rule, check_arcgis_channels, common_config_rules, fail, integer, number
+from toolkit.models.rules import MAX_DEPTH, Rule, check_arcgis_channels, common_config_rules, fail, integer, number
 from toolkit.models.networks import (SUPPORTED_BACKBONES, ArcGISPatchDiscriminator, ArcGISUNetGenerator, PadBands,
                                      PatchDiscriminator, ResnetGenerator, UNetGenerator, backbone_generator)
-from toolkit.models.translation import size_tuple
 
 __all__ = ["SPECS", "CycleGANSpec", "ModelSpec", "Pix2PixSpec", "spec_of"]
 

@@ -11,6 +11,8 @@ Per epoch, :class:`TensorBoardLog` writes to ``<working_dir>/training_log/<run>/
 
 See the run with ``tensorboard --logdir <working_dir>/training_log``. Under ``torchrun`` only
 rank 0 writes (:func:`toolkit.ddp.is_main`).
+
+Layer: training.
 """
 
 from __future__ import annotations

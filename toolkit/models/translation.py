@@ -7,6 +7,8 @@ saved model (``.emd``, folder, ``.dlpk``; arcgis.learn's too) with torch, numpy 
 alone: the path from a ``.dlpk`` to pixels imports neither fastai nor fastcore, so the toolkit
 runs in ArcGIS Pro's Python beside arcgis.learn (which needs fastai 1). Training a model
 (:mod:`toolkit.models.base`) is what needs fastai 2.
+
+Layer: inference core.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit._args import size_tuple
 from toolkit._fs import atomic_file, check_not_input, check_output_file
 from toolkit.data.chips import read_chip
 from toolkit.data.normalization import BandCounts, BandNorm, MaskEncoding, target_from_dict
 from toolkit.raster import is_toolkit_raster, write_raster
+from toolkit.models.emd_schema import check_state_fits, check_weights_fit
+from toolkit.models.model_folder import read_model_folder
+from toolkit.models.specs import spec_of
 from toolkit.stats import band_validity, check_band_coverage
 
 __all__ = ["Translation", "load_translation", "run_network", "scores_to_classes", "size_tuple"]
@@ -164,11 +170,6 @@ def _untransform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.rot90(y, -k, axes=(-2, -1))
 
 
-def size_tuple(size) -> tuple[int, int]:
-    """A chip size as ``(width, height)``."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 
 
 def autocast(device: torch.device):
@@ -213,9 +214,6 @@ def load_translation(path: str | os.PathLike, convert_to: str | None = None, *,
         device: where the generator runs (``"cpu"``, ``"cuda:1"``...); default the GPU when
             there is one.
     """
-    from toolkit.models.emd_schema import check_state_fits, check_weights_fit
-    from toolkit.models.model_folder import read_model_folder
-    from toolkit.models.specs import spec_of
 
     emd, weights, emd_path = read_model_folder(path)
     spec = spec_of(emd["ModelType"])
