@@ -19,7 +19,7 @@ MAX_LINES = 500
 LAYERS = ["formats, I/O and runtime", "data", "inference core", "training", "front doors"]
 LAYER_OF = {  # module (or package prefix) -> layer; the longest prefix wins
     "toolkit": "formats, I/O and runtime", "toolkit._args": "formats, I/O and runtime", "toolkit._fs": "formats, I/O and runtime",
-    "toolkit._lazy": "formats, I/O and runtime", "toolkit._fastai": "formats, I/O and runtime", "toolkit.config": "formats, I/O and runtime",
+    "toolkit._lazy": "formats, I/O and runtime", "toolkit._fastai": "formats, I/O and runtime", "toolkit.config": "formats, I/O and runtime", "toolkit.runs": "formats, I/O and runtime",
     "toolkit.raster": "formats, I/O and runtime", "toolkit.esri": "formats, I/O and runtime", "toolkit.stats": "formats, I/O and runtime",
     "toolkit.viz": "formats, I/O and runtime", "toolkit.models.rules": "formats, I/O and runtime",
     "toolkit.ddp": "formats, I/O and runtime",  # devices and torchrun's process group
@@ -35,6 +35,7 @@ LAYER_OF = {  # module (or package prefix) -> layer; the longest prefix wins
     "toolkit.models.tensorboard": "training", "toolkit.models.training": "training",
     "toolkit.models.base": "training",
     "toolkit.models": "front doors", "toolkit.models.pix2pix": "front doors", "toolkit.models.cyclegan": "front doors",
+    "toolkit.models.pix2pixhd": "front doors", "toolkit.models.networks_hd": "inference core",
     "toolkit.models.zoo": "front doors", "toolkit.inference": "front doors", "toolkit.distributed": "front doors",
     "toolkit.scenes": "front doors", "toolkit.cli": "front doors", "toolkit.__main__": "front doors",
     "toolkit.arcgis_pro.ArcGISImageTranslation": "front doors",

@@ -13,6 +13,7 @@ import pytest
 
 from toolkit import config
 from toolkit.cli import _parser, main
+from toolkit.runs import RunConfig
 
 
 def test_a_field_added_to_a_config_is_a_cli_option(monkeypatch):
@@ -65,17 +66,17 @@ def test_a_run_file_is_checked(tmp_path):
     bad = tmp_path / "run.json"
     bad.write_text('{"model": "pix2pix", "pix2pix": {"ngf": 0}}')
     with pytest.raises(ValueError, match=r"run.json: pix2pix: ngf is 0; expected an integer from 1 to 1024"):
-        config.RunConfig.read(bad)
+        RunConfig.read(bad)
     bad.write_text('{"model": "pix2pix", "fit": {"epoch": 3}}')
     with pytest.raises(ValueError, match="'epoch' is not a setting of FitConfig"):
-        config.RunConfig.read(bad)
+        RunConfig.read(bad)
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--config", str(bad)]) == 1
     good = tmp_path / "run.yaml"
     good.write_text("model: cyclegan\ndata: {batch_size: 2, chip_size: [64, 32]}\ncyclegan: {gen_blocks: 3}\n")
-    run = config.RunConfig.read(good)
+    run = RunConfig.read(good)
     assert (run.model, run.data.chip_size, run.model_config.gen_blocks, run.fit.epochs) == \
         ("cyclegan", (64, 32), 3, config.FitConfig.epochs)
-    assert config.RunConfig.from_dict(run.to_dict()) == run
+    assert RunConfig.from_dict(run.to_dict()) == run
 
 
 def _train(argv: list[str], capsys) -> dict:
@@ -93,7 +94,7 @@ def test_a_saved_model_repeats_its_run(rotterdam_pairs, tmp_path, capsys):
     run = emd["Toolkit"]["run"]
     assert run["data"] == dict(config.DataConfig.defaults(), batch_size=4, chip_size=64, seed=3)
     assert (run["fit"]["epochs"], run["fit"]["lr"], run["fit"]["checkpoint"]) == (1, 0.001, "none")
-    assert config.RunConfig.from_emd(emd).to_dict() == first["run"]
+    assert RunConfig.from_emd(emd).to_dict() == first["run"]
 
     again = _train([str(rotterdam_pairs), "--out", str(tmp_path / "again"), "--config", first["emd"]], capsys)
     repeated = json.loads(Path(again["emd"]).read_text())

@@ -22,6 +22,7 @@ _EXPORTS = {
     "prepare_data": "toolkit.data",
     "Pix2Pix": "toolkit.models",
     "CycleGAN": "toolkit.models",
+    "Pix2PixHD": "toolkit.models",
     "load_model": "toolkit.models",
     "load_translation": "toolkit.models",
     "predict_raster": "toolkit.inference",

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from toolkit import config
 from toolkit.config import Number, SizeOption, add_options, from_options
+from toolkit.runs import RunConfig
 
 __all__ = ["main"]
 
@@ -65,15 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(config.MODEL_CONFIGS), help="the model (default pix2pix, or --config's)")
     p.add_argument("--out", required=True, help="folder to save the model in (its name names the files)")
     p.add_argument("--config", metavar="FILE", help="a run to repeat: YAML or JSON (model, data, <model>, fit "
-                   "sections; toolkit.config.RunConfig) or a saved model's .emd")
+                   "sections; toolkit.runs.RunConfig) or a saved model's .emd")
     add_options(p, config.DataConfig)
     models = config.MODEL_CONFIGS.values()
-    for model_config in models:  # a setting several models share is one option, with each one's default
-        shared = tuple(f for f in model_config.defaults() if all(f in c.defaults() for c in models))
-        add_options(p, model_config, skip=shared, only_for=model_config.__name__.removesuffix("Config"))
-        add_options(p, model_config, default_text={
-            f: ", ".join(f"{c.defaults()[f]} ({c.__name__.removesuffix('Config')})" for c in models)
-            for f in shared if len({c.defaults()[f] for c in models}) > 1})
+    for model_config in models:  # a setting several models share is one option, naming them and their defaults
+        owners = {f: [c for c in models if f in c.defaults()] for f in model_config.defaults()}
+        name = lambda c: c.__name__.removesuffix("Config")  # noqa: E731
+        add_options(p, model_config, only_for={f: ", ".join(name(c) for c in owners[f]) for f in owners
+                                               if len(owners[f]) < len(models)},
+                    default_text={f: ", ".join(f"{c.defaults()[f]} ({name(c)})" for c in owners[f])
+                                  for f in owners if len({str(c.defaults()[f]) for c in owners[f]}) > 1})
     add_options(p, config.FitConfig)
     p.add_argument("--working-dir", help="checkpoints folder (default: beside --out)")
     p.add_argument("--resume", action="store_true",
@@ -117,9 +119,9 @@ def _export(args) -> dict:
             "chips": summary.num_chips, "chips_b": summary.num_chips_b, "skipped": summary.skipped}
 
 
-def run_config(args) -> config.RunConfig:
+def run_config(args) -> RunConfig:
     """The run ``toolkit train`` does: ``--config``'s settings, then the options given."""
-    base = config.RunConfig.read(args.config) if args.config else config.RunConfig()
+    base = RunConfig.read(args.config) if args.config else RunConfig()
     model = args.model or base.model
     model_config = config.MODEL_CONFIGS[model]
     for other, other_config in config.MODEL_CONFIGS.items():
@@ -127,7 +129,7 @@ def run_config(args) -> config.RunConfig:
         if foreign:
             raise ValueError(f"{config.option_name(foreign[0])} is an option of --model {other}, not of {model}.")
     own = base.model_config.to_dict() if base.model == model else {}
-    return config.RunConfig(model, from_options(config.DataConfig, args, base.data.to_dict()),
+    return RunConfig(model, from_options(config.DataConfig, args, base.data.to_dict()),
                             from_options(model_config, args, own), from_options(config.FitConfig, args, base.fit.to_dict()))
 
 

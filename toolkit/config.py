@@ -1,7 +1,8 @@
 """The settings of each stage of the workflow, typed, documented and stated once.
 
 One dataclass per stage: :class:`ExportConfig` (``export_training_data``), :class:`DataConfig`
-(``prepare_data``), :class:`Pix2PixConfig` and :class:`CycleGANConfig` (the models),
+(``prepare_data``), :class:`Pix2PixConfig`, :class:`CycleGANConfig` and :class:`Pix2PixHDConfig`
+(the models),
 :class:`FitConfig` (``fit``), :class:`PredictConfig` (``predict_raster``) and
 :class:`VectorizeConfig` (``vectorize``). Each field is one keyword of that function, with its
 type, its default (the function's signature takes it from here) and its meaning in the
@@ -9,7 +10,7 @@ field's terms (``help``). From them:
 
 * the ``toolkit`` command's options are generated (:func:`add_options`): a field added here
   is an option of its command, with its range, choices and default in ``--help``;
-* a run is a file (:class:`RunConfig`, YAML or JSON, ``toolkit train --config run.yaml``);
+* a run is a file (:class:`toolkit.runs.RunConfig`, YAML or JSON, ``toolkit train --config run.yaml``);
   a saved model's ``.emd`` is one too: ``Toolkit.config`` holds the model's fields by the
   same names, ``Toolkit.run`` the data and fit settings it was trained with;
 * the demo and the notebooks build these instead of dicts of their own.
@@ -24,18 +25,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import numbers
-import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Union
 
 __all__ = ["CycleGANConfig", "DataConfig", "ExportConfig", "FitConfig", "MODEL_CONFIGS", "Pix2PixConfig",
-           "PredictConfig", "RunConfig", "StageConfig", "VectorizeConfig", "add_options", "from_options",
+           "Pix2PixHDConfig", "PredictConfig", "StageConfig", "VectorizeConfig", "add_options", "from_options",
            "setting"]
 
 MAX_PIXELS = 16384  # chip and tile sides: larger is a typo, and would allocate gigabytes per chip
@@ -214,12 +212,12 @@ def option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_options(parser: argparse.ArgumentParser, config: type[StageConfig], *, only_for: str | None = None,
+def add_options(parser: argparse.ArgumentParser, config: type[StageConfig], *, only_for: dict[str, str] | None = None,
                 skip: tuple[str, ...] = (), default_text: dict[str, str] | None = None) -> list[str]:
     """Add an option per command-line field of ``config`` to ``parser`` (``--tile-size`` for
     ``tile_size``): its type, range or choices and help from the field, its default shown but
-    left to the config (an option not given is not set). ``only_for`` prefixes the help (a
-    model's own option). Options already on ``parser`` (a setting several configs share) are
+    left to the config (an option not given is not set). ``only_for`` prefixes a field's help
+    (the models it is an option of). Options already on ``parser`` (a setting several configs share) are
     kept; ``default_text`` says a field's default in other words. Returns the field names added."""
     added = []
     taken = {s for action in parser._actions for s in action.option_strings}
@@ -231,7 +229,8 @@ def add_options(parser: argparse.ArgumentParser, config: type[StageConfig], *, o
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         if m.get("metavar"):
             kwargs["metavar"] = m["metavar"]
-        help_text = (f"{only_for}: " if only_for else "") + m["help"]
+        prefix = (only_for or {}).get(f.name)
+        help_text = (f"{prefix}: " if prefix else "") + m["help"]
         kinds = [p for p in parts if p is not bool]
         if parts == [bool]:
             kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
@@ -335,7 +334,36 @@ class CycleGANConfig(StageConfig):
     norm: Literal["batch", "instance"] = setting("instance", "normalisation layers")
 
 
-MODEL_CONFIGS: dict[str, type[StageConfig]] = {"pix2pix": Pix2PixConfig, "cyclegan": CycleGANConfig}
+@dataclass(frozen=True)
+class Pix2PixHDConfig(StageConfig):
+    """:class:`toolkit.Pix2PixHD`: arcgis.learn 2.4.4's keywords and defaults (a local enhancer
+    around a global generator, two PatchGANs, feature matching)."""
+
+    n_gen_filters: int = setting(64, "generator filters of the first layer (of the local enhancer)", low=1, high=1024)
+    gen_network: Literal["global", "local"] = setting("local", "'global': the coarse generator alone; 'local': "
+                                                      "local enhancer(s) around it, at twice its resolution")
+    n_downsample_global: int = setting(4, "downsamplings of the global generator", low=1, high=8)
+    n_blocks_global: int = setting(9, "residual blocks of the global generator", low=0, high=64)
+    n_local_enhancers: int = setting(1, "local enhancers (each doubles the resolution)", low=1, high=4)
+    n_blocks_local: int = setting(3, "residual blocks per local enhancer", low=0, high=64)
+    norm: Literal["batch", "instance"] = setting("instance", "normalisation layers")
+    lsgan: bool = setting(True, "least-squares GAN loss (else binary cross-entropy)")
+    n_dscr_filters: int = setting(64, "discriminator filters of the first layer", low=1, high=1024)
+    n_layers_dscr: int = setting(3, "layers of each discriminator", low=1, high=8)
+    n_dscr: int = setting(2, "discriminators, at full, half... resolution", low=1, high=8)
+    feat_loss: bool = setting(True, "feature matching on the discriminators' layers")
+    vgg_loss: bool = setting(True, "VGG-19 feature matching (3-band images; needs vgg_weights)")
+    vgg_weights: str | None = setting(None, "a local torchvision vgg19 state dict (ImageNet weights) for the "
+                                      "VGG loss; nothing is downloaded")
+    lambda_feat: float = setting(10.0, "weight of the feature-matching and VGG terms", low=0)
+    l1_loss: bool = setting(False, "an L1 term (on for multispectral data, as arcgis.learn)")
+    lambda_l1: float = setting(100.0, "weight of the L1 term", low=0)
+    niter_fix_global: int = setting(0, "first epochs in which only the local enhancers train, the global "
+                                    "generator fixed", low=0)
+
+
+MODEL_CONFIGS: dict[str, type[StageConfig]] = {"pix2pix": Pix2PixConfig, "cyclegan": CycleGANConfig,
+                                               "pix2pixhd": Pix2PixHDConfig}
 """The config of each model, by the name ``toolkit train --model`` takes."""
 
 
@@ -388,83 +416,3 @@ class VectorizeConfig(StageConfig):
     marker_erosion: int | None = setting(None, "erode watershed markers by this many pixels", low=0, high=1000)
     simplify_tolerance: float = setting(0.0, "in CRS units", low=0)
     regularize: bool = setting(False, "square the polygons' corners")
-
-
-# --- a whole run --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A training run, as ``toolkit train --config`` reads it: the model's name and the settings
-    of each stage. A YAML or JSON file::
-
-        model: pix2pix
-        data: {batch_size: 4, chip_size: 64}
-        pix2pix: {ngf: 16, ndf: 16}
-        fit: {epochs: 5, lr: 0.0002}
-
-    or a saved model's ``.emd`` (its ``ModelType``, ``Toolkit.config`` and ``Toolkit.run``)."""
-
-    model: str = "pix2pix"
-    data: DataConfig = field(default_factory=DataConfig)
-    model_config: StageConfig = field(default_factory=Pix2PixConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "data": self.data.to_dict(), self.model: self.model_config.to_dict(),
-                "fit": self.fit.to_dict()}
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> RunConfig:
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected an object with model, data, <model> and fit settings.")
-        model = values.get("model", "pix2pix")
-        if model not in MODEL_CONFIGS:
-            raise ValueError(f"{source}: model is {model!r}; expected one of {sorted(MODEL_CONFIGS)}.")
-        unknown = sorted(set(values) - {"model", "data", "fit", *MODEL_CONFIGS})
-        if unknown:
-            raise ValueError(f"{source}: {unknown[0]!r} is not a section of a run; expected model, data, "
-                             f"{model} and fit.")
-        return cls(model, DataConfig.from_dict(values.get("data", {}), f"{source}: data"),
-                   MODEL_CONFIGS[model].from_dict(values.get(model, {}), f"{source}: {model}"),
-                   FitConfig.from_dict(values.get("fit", {}), f"{source}: fit"))
-
-    @classmethod
-    def from_emd(cls, emd: dict, source: str = ".emd") -> RunConfig:
-        """The run that trained a saved model: its model settings from ``Toolkit.config`` (the
-        keys the data fixed, like bands and chip size, are the data's again), the data and fit
-        settings from ``Toolkit.run``."""
-        names = {config.__name__.removesuffix("Config").lower(): name for name, config in MODEL_CONFIGS.items()}
-        model = names.get(str(emd.get("ModelType", "")).lower())
-        toolkit = emd.get("Toolkit")
-        if model is None or not isinstance(toolkit, dict):
-            raise ValueError(f"{source}: not a model the toolkit saved (ModelType {emd.get('ModelType')!r}, "
-                             "no Toolkit section): it holds no run to repeat.")
-        run = toolkit.get("run") or {}
-        return cls(model, DataConfig.from_dict(run.get("data", {}), f"{source}: Toolkit.run.data"),
-                   MODEL_CONFIGS[model].from_dict(toolkit.get("config", {}), f"{source}: Toolkit.config",
-                                                  strict=False),
-                   FitConfig.from_dict(run.get("fit", {}), f"{source}: Toolkit.run.fit"))
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> RunConfig:
-        """A run from a YAML or JSON file, or from a saved model's ``.emd``; ``ValueError``
-        naming the file for anything it cannot use."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read the run configuration ({err.strerror or err}).") from None
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text)
-            else:
-                values = json.loads(text)
-        except Exception as err:  # yaml's and json's errors say where
-            raise ValueError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
-                             f"{err}") from None
-        if path.suffix.lower() == ".emd":
-            return cls.from_emd(values, str(path))
-        return cls.from_dict(values, str(path))

@@ -28,6 +28,7 @@ _EXPORTS = {
     "toolkit.models.networks": ("SUPPORTED_BACKBONES", "PatchDiscriminator", "ResnetGenerator", "UNetGenerator",
                                 "backbone_generator", "init_weights", "unet_depth"),
     "toolkit.models.pix2pix": ("Pix2Pix",),
+    "toolkit.models.pix2pixhd": ("Pix2PixHD",),
     "toolkit.models.cyclegan": ("CycleGAN", "CycleGANTrainer", "ImagePool"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -29,10 +29,10 @@ import warnings
 __all__ = ["ARCGIS_FRAMEWORK", "arcgis_emd", "arcgis_weights", "is_arcgis_emd", "toolkit_emd", "toolkit_weights"]
 
 ARCGIS_FRAMEWORK = "arcgis.learn.models._inferencing"
-SUPPORTED = ("Pix2Pix", "CycleGAN")
+SUPPORTED = ("Pix2Pix", "CycleGAN", "Pix2PixHD")
 # arcgis.learn's network names -> the toolkit's (CycleGAN's G_B makes B from A), in the order of
 # arcgis.learn's state dicts
-_NETWORKS = {"Pix2Pix": {"D": "discriminator", "G": "generator"},
+_NETWORKS = {"Pix2Pix": {"D": "discriminator", "G": "generator"}, "Pix2PixHD": {"D": "discriminator", "G": "generator"},
              "CycleGAN": {"D_A": "discriminator_a", "D_B": "discriminator_b", "G_A": "generator_ba",
                           "G_B": "generator_ab"}}
 
@@ -110,7 +110,9 @@ def toolkit_emd(emd: dict, source) -> dict:
               "ngf": 64, "ndf": 64, "norm": "instance", "extract_bands": extract,
               "cell_size": [cell, cell] if cell and cell > 0 else None,
               "architecture": "arcgis", "n_channel": n_channel}
-    if model_type == "Pix2Pix":
+    if model_type == "Pix2PixHD":
+        config = {k: v for k, v in config.items() if k not in ("ngf", "ndf")} | _hd_config(emd, source)
+    elif model_type == "Pix2Pix":
         config |= {"dataset_type": "Pix2Pix", "backbone": None, "depth": 8, "lambda_l1": 100.0,
                    "gan_weight": 1.0, "class_balance": False,
                    # arcgis.learn's perceptual loss is not the toolkit's VGG one; inference needs neither
@@ -126,6 +128,33 @@ def toolkit_emd(emd: dict, source) -> dict:
     return dict(emd, Toolkit={"config": config, "input_norm": input_norm, "target_norm": target_norm,
                               "metrics": metrics, "history": [],
                               "imported_from": f"arcgis.learn {version}"})
+
+
+# arcgis.learn 2.4.4's Pix2PixHD keywords and their defaults (_pix2pix_hd_utils.Pix2PixHDModel)
+HD_DEFAULTS = {"n_gen_filters": 64, "gen_network": "local", "n_downsample_global": 4, "n_blocks_global": 9,
+               "n_local_enhancers": 1, "n_blocks_local": 3, "norm": "instance", "lsgan": True, "n_dscr_filters": 64,
+               "n_layers_dscr": 3, "n_dscr": 2, "feat_loss": True, "vgg_loss": True, "lambda_feat": 10.0,
+               "l1_loss": False, "lambda_l1": 100.0}
+
+
+def _hd_config(emd: dict, source) -> dict:
+    """A Pix2PixHD's settings from its ``Kwargs`` (arcgis.learn's defaults for the others; before
+    2.0.1 the generator was the global one). Multispectral models trained with L1, not VGG."""
+    if emd.get("label_nc"):
+        _fail(source, f"a label-to-image Pix2PixHD (label_nc {emd['label_nc']}); the toolkit reads arcgis.learn's "
+                      "image-to-image Pix2PixHD models")
+    kwargs = emd.get("Kwargs") if isinstance(emd.get("Kwargs"), dict) else {}
+    config = dict(HD_DEFAULTS)
+    if str(emd.get("ArcGISLearnVersion", "2.4.4")) < "2.0.1":
+        config["gen_network"] = "global"
+    for key, default in HD_DEFAULTS.items():
+        value = kwargs.get(key, config[key])
+        if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):
+            _fail(source, f"Kwargs.{key} is {value!r}, not a {type(default).__name__}")
+        config[key] = float(value) if isinstance(default, float) else value
+    if emd.get("IsMultispectral"):
+        config |= {"vgg_loss": False, "l1_loss": True}
+    return config | {"dataset_type": "Pix2Pix"}
 
 
 def toolkit_weights(emd: dict, state, source) -> dict:

@@ -158,6 +158,8 @@ def _check_image_size(emd: dict, config: dict, source) -> None:
 CONSTRUCTION_RULES = {  # a new model has no weights to check its sizes against
     "ngf": Rule(f"an integer from 1 to {MAX_FILTERS}", lambda v: integer(v, 1, MAX_FILTERS)),
     "ndf": Rule(f"an integer from 1 to {MAX_FILTERS}", lambda v: integer(v, 1, MAX_FILTERS)),
+    "n_gen_filters": Rule(f"an integer from 1 to {MAX_FILTERS}", lambda v: integer(v, 1, MAX_FILTERS)),
+    "n_dscr_filters": Rule(f"an integer from 1 to {MAX_FILTERS}", lambda v: integer(v, 1, MAX_FILTERS)),
 }
 
 

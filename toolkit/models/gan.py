@@ -222,7 +222,11 @@ class PerceptualLoss(nn.Module):
     three times) are scaled to [0, 1] and normalised with ImageNet's mean and standard deviation.
     """
 
+    ARCH = "vgg16"
     LAYERS = (3, 8, 15, 22)  # indices of relu1_2, relu2_2, relu3_3, relu4_3 in vgg16().features
+    WEIGHTS: tuple[float, ...] | None = None  # per layer; None: the mean
+    IMAGENET_SCALING = True  # [-1, 1] -> [0, 1] -> ImageNet's mean and standard deviation
+    OPTION = "perceptual_loss"  # the keyword that takes the weights, for messages
 
     def __init__(self, weights: str | os.PathLike) -> None:
         super().__init__()
@@ -230,20 +234,20 @@ class PerceptualLoss(nn.Module):
 
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"perceptual_loss weights {path}: no such file. Pass the path of a "
-                                    "torchvision vgg16 state dict (ImageNet weights), downloaded beforehand.")
+            raise FileNotFoundError(f"{self.OPTION} weights {path}: no such file. Pass the path of a "
+                                    f"torchvision {self.ARCH} state dict (ImageNet weights), downloaded beforehand.")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file: say which and why
-            raise ValueError(f"perceptual_loss weights {path}: not a readable PyTorch state dict ({err}).") from err
-        features = torchvision.models.vgg16(weights=None).features[: self.LAYERS[-1] + 1]
+            raise ValueError(f"{self.OPTION} weights {path}: not a readable PyTorch state dict ({err}).") from err
+        features = getattr(torchvision.models, self.ARCH)(weights=None).features[: self.LAYERS[-1] + 1]
         wanted = features.state_dict()
         found = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} \
             if isinstance(state, dict) else {}
         found = {k: v for k, v in found.items() if k in wanted}
         missing = [k for k in wanted if k not in found or found[k].shape != wanted[k].shape]
         if missing:
-            raise ValueError(f"perceptual_loss weights {path}: not a torchvision vgg16 state dict "
+            raise ValueError(f"{self.OPTION} weights {path}: not a torchvision {self.ARCH} state dict "
                              f"(features.{missing[0]} missing or of another shape).")
         features.load_state_dict(found)
         self.features = features.eval().requires_grad_(False)
@@ -258,10 +262,11 @@ class PerceptualLoss(nn.Module):
                              f"{n_bands} bands (1 or 3 are supported).")
 
     def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = (x.float() + 1.0) / 2.0
+        x = x.float()
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        x = (x - self.mean) / self.std
+        if self.IMAGENET_SCALING:
+            x = ((x + 1.0) / 2.0 - self.mean) / self.std
         out = []
         for i, layer in enumerate(self.features):
             x = layer(x)
@@ -273,7 +278,8 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad():
             wanted = self._activations(target)
         got = self._activations(pred)
-        return sum(F.l1_loss(g, w) for g, w in zip(got, wanted)) / len(got)
+        weights = self.WEIGHTS or (1.0 / len(got),) * len(got)
+        return sum(k * F.l1_loss(g, w) for k, g, w in zip(weights, got, wanted))
 
 
 class DiscriminatorFeatureLoss(nn.Module):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["MAX_BANDS", "MAX_CHIP", "MAX_CLASS_VALUE", "MAX_DEPTH", "MAX_FILTERS", "Rule", "check_arcgis_channels",
-           "common_config_rules", "fail", "integer", "number"]
+           "common_config_rules", "fail", "filter_rules", "integer", "number"]
 
 MAX_DEPTH = 8  # unet_depth never chooses more; deeper nests only risk recursion limits
 MAX_CHIP = 8192  # chip side in pixels: an edited .emd saying 100000 would allocate tens of GiB per chip
@@ -65,8 +65,6 @@ def common_config_rules(dataset_types: tuple[str, ...]) -> dict[str, Rule]:
         "chip_size": Rule(f"an integer from 1 to {MAX_CHIP} (pixels) or a list of two",
                           lambda v: integer(v, 1, MAX_CHIP) or _list_of(lambda x: integer(x, 1, MAX_CHIP), length=2)(v)),
         "dataset_type": Rule(" or ".join(repr(t) for t in dataset_types), lambda v: v in dataset_types),
-        "ngf": _positive_int,  # absurd sizes are refused by the weights' shapes (check_weights_fit)
-        "ndf": _positive_int,
         "extract_bands": Rule("null or a list of band indices (integers >= 0)",
                               lambda v: v is None or _list_of(lambda x: integer(x, 0))(v), required=False),
         "cell_size": Rule("null or a list of two numbers > 0",  # inference divides by it
@@ -76,6 +74,13 @@ def common_config_rules(dataset_types: tuple[str, ...]) -> dict[str, Rule]:
         "architecture": Rule("'toolkit' or 'arcgis'", lambda v: v in ("toolkit", "arcgis"), required=False),
         "n_channel": Rule("an integer from 1 to 1024", lambda v: integer(v, 1, 1024), required=False),
     }
+
+
+def filter_rules(*names: str) -> dict[str, Rule]:
+    """Filter counts of a model's networks (``ngf``, ``ndf``...): integers >= 1; absurd sizes are
+    refused by the weights' shapes (``check_weights_fit``), and at construction by
+    ``CONSTRUCTION_RULES``."""
+    return {name: _positive_int for name in names}
 
 
 def check_arcgis_channels(config: dict, source) -> None:

@@ -18,11 +18,13 @@ from torch import nn
 
 from toolkit._args import size_tuple
 from toolkit.data.layouts import CYCLEGAN
-from toolkit.models.rules import MAX_DEPTH, Rule, check_arcgis_channels, common_config_rules, fail, integer, number
 from toolkit.models.networks import (SUPPORTED_BACKBONES, ArcGISPatchDiscriminator, ArcGISUNetGenerator, PadBands,
                                      PatchDiscriminator, ResnetGenerator, UNetGenerator, backbone_generator)
+from toolkit.models.networks_hd import MultiscaleDiscriminator, hd_generator
+from toolkit.models.rules import (MAX_DEPTH, Rule, check_arcgis_channels, common_config_rules, fail, filter_rules,
+                                  integer, number)
 
-__all__ = ["SPECS", "CycleGANSpec", "ModelSpec", "Pix2PixSpec", "spec_of"]
+__all__ = ["SPECS", "CycleGANSpec", "ModelSpec", "Pix2PixHDSpec", "Pix2PixSpec", "spec_of"]
 
 
 class ModelSpec:
@@ -62,7 +64,7 @@ class Pix2PixSpec(ModelSpec):
 
     model_type = "Pix2Pix"
     required_networks = ("generator",)
-    config_rules = common_config_rules(("Pix2Pix", "Classified_Tiles")) | {
+    config_rules = common_config_rules(("Pix2Pix", "Classified_Tiles")) | filter_rules("ngf", "ndf") | {
         "backbone": Rule(f"null or one of {list(SUPPORTED_BACKBONES)}",
                          lambda v: v is None or v in SUPPORTED_BACKBONES),
         "depth": Rule(f"null (with a backbone) or an integer from 2 to {MAX_DEPTH}",
@@ -114,6 +116,57 @@ class Pix2PixSpec(ModelSpec):
 
 
 
+class Pix2PixHDSpec(ModelSpec):
+    """Pix2PixHD: a coarse-to-fine generator (global, or local enhancers around it), input -> target."""
+
+    model_type = "Pix2PixHD"
+    required_networks = ("generator",)
+    config_rules = common_config_rules(("Pix2Pix",)) | filter_rules("n_gen_filters", "n_dscr_filters") | {
+        "gen_network": Rule("'global' or 'local'", lambda v: v in ("global", "local")),
+        "n_downsample_global": Rule("an integer from 1 to 8", lambda v: integer(v, 1, 8)),
+        "n_blocks_global": Rule("an integer from 0 to 64", lambda v: integer(v, 0, 64)),
+        "n_local_enhancers": Rule("an integer from 1 to 4", lambda v: integer(v, 1, 4)),
+        "n_blocks_local": Rule("an integer from 0 to 64", lambda v: integer(v, 0, 64)),
+        "norm": Rule("'batch' or 'instance'", lambda v: v in ("batch", "instance")),
+        "lsgan": Rule("true or false", lambda v: isinstance(v, bool)),
+        "n_layers_dscr": Rule("an integer from 1 to 8", lambda v: integer(v, 1, 8)),
+        "n_dscr": Rule("an integer from 1 to 8", lambda v: integer(v, 1, 8)),
+        "feat_loss": Rule("true or false", lambda v: isinstance(v, bool)),
+        "vgg_loss": Rule("true or false", lambda v: isinstance(v, bool)),
+        "lambda_feat": Rule("a number >= 0", lambda v: number(v, low=0)),
+        "l1_loss": Rule("true or false", lambda v: isinstance(v, bool)),
+        "lambda_l1": Rule("a number >= 0", lambda v: number(v, low=0)),
+    }
+
+    @classmethod
+    def build_networks(cls, config: dict) -> dict[str, nn.Module]:
+        """``{"generator", "discriminator"}`` as ``config`` describes them, without weight init."""
+        n_in, n_out = config["n_bands_in"], config["n_bands_out"]
+        gen = dict(gen_network=config["gen_network"], ngf=config["n_gen_filters"],
+                   n_downsample_global=config["n_downsample_global"], n_blocks_global=config["n_blocks_global"],
+                   n_local_enhancers=config["n_local_enhancers"], n_blocks_local=config["n_blocks_local"],
+                   norm=config["norm"])
+        disc = dict(ndf=config["n_dscr_filters"], n_layers=config["n_layers_dscr"], norm=config["norm"],
+                    num_d=config["n_dscr"], intermediate=config["feat_loss"])
+        if config.get("architecture") == "arcgis":  # arcgis.learn's: both sides widened to n_channel bands
+            nc = config["n_channel"]
+            return {"generator": PadBands(hd_generator(nc, nc, **gen), [n_in], nc, n_out),
+                    "discriminator": PadBands(MultiscaleDiscriminator(2 * nc, **disc), [n_in, n_out], nc)}
+        return {"generator": hd_generator(n_in, n_out, **gen),
+                "discriminator": MultiscaleDiscriminator(n_in + n_out, **disc)}
+
+    @classmethod
+    def describe_networks(cls, config: dict) -> str:
+        generator = ("global generator" if config["gen_network"] == "global" else
+                     f"{config['n_local_enhancers']} local enhancer(s) around a global generator")
+        return (f"{generator}, ngf {config['n_gen_filters']}, {config['n_dscr']} PatchGANs ndf "
+                f"{config['n_dscr_filters']}")
+
+    @classmethod
+    def validate_config(cls, config: dict, source) -> None:
+        check_arcgis_channels(config, source)
+
+
 DIRECTIONS = ("b", "a")  # convert_to: "b" runs G_AB (A -> B), "a" runs G_BA
 
 
@@ -123,7 +176,7 @@ class CycleGANSpec(ModelSpec):
     model_type = CYCLEGAN
     two_way = True
     required_networks = ("generator_ab", "generator_ba")
-    config_rules = common_config_rules((CYCLEGAN,)) | {
+    config_rules = common_config_rules((CYCLEGAN,)) | filter_rules("ngf", "ndf") | {
         "gen_blocks": Rule("an integer from 0 to 64", lambda v: integer(v, 0, 64)),
         "norm": Rule("'batch' or 'instance'", lambda v: v in ("batch", "instance")),
         "lsgan": Rule("true or false", lambda v: isinstance(v, bool)),
@@ -173,7 +226,7 @@ class CycleGANSpec(ModelSpec):
         return "generator_ba", True, "cell_size_b", "model (B -> A)", "a"
 
 
-SPECS: dict[str, type[ModelSpec]] = {s.model_type: s for s in (Pix2PixSpec, CycleGANSpec)}
+SPECS: dict[str, type[ModelSpec]] = {s.model_type: s for s in (Pix2PixSpec, CycleGANSpec, Pix2PixHDSpec)}
 
 
 def spec_of(model_type: str) -> type[ModelSpec]:
