@@ -21,7 +21,7 @@ def test_notebooks_are_saved_without_outputs():
 
 
 @pytest.mark.parametrize("name", ["01_building_footprints.ipynb", "02_image_translation.ipynb",
-                                  "03_unpaired_translation.ipynb"])
+                                  "03_unpaired_translation.ipynb", "04_high_resolution_translation.ipynb"])
 def test_notebook_runs(name, tmp_path, monkeypatch, atlanta, rotterdam, banepa):
     # the fixtures fetch the samples first, so a missing download fails with its own message
     monkeypatch.setenv("TOOLKIT_QUICK", "1")

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 __all__ = ["Scores", "confusion", "footprint_scores", "object_counts", "object_f1", "pixel_scores", "psnr",
-           "scores_from_confusion", "ssim"]
+           "scores_from_confusion", "sharpness", "ssim"]
 
 
 class Scores(dict):
@@ -57,6 +57,17 @@ def ssim(pred: np.ndarray, target: np.ndarray, data_range: float) -> float:
     return float(np.mean([structural_similarity(p, t, data_range=data_range, win_size=size)
                           for p, t in zip(pred.reshape(-1, *pred.shape[-2:]),
                                           target.reshape(-1, *target.shape[-2:]))]))
+
+
+def sharpness(image: np.ndarray) -> float:
+    """The variance of the Laplacian of ``(bands, h, w)`` (or ``(h, w)``), averaged over the
+    bands: how much fine detail an image holds (blur lowers it). Compare a prediction's with its
+    target's: a ratio near 1 is as sharp as the real image, well below 1 blurrier."""
+    import cv2
+
+    bands = np.asarray(image, dtype=np.float64)
+    bands = bands[np.newaxis] if bands.ndim == 2 else bands
+    return float(np.mean([cv2.Laplacian(np.nan_to_num(b), cv2.CV_64F).var() for b in bands]))
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:

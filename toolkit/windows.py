@@ -256,10 +256,11 @@ def write_in_order(dst, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
 def _input_bands(src, model) -> list[int]:
     """1-based bands of ``src`` that the model takes."""
     extract = model.extract_bands
-    needed = (max(extract) + 1) if extract else model.n_bands_in
+    raster_bands = model.input_norm.raster_bands  # a class raster (label-to-image) has one
+    needed = (max(extract) + 1) if extract else raster_bands
     if (extract and src.count < needed) or (not extract and src.count != needed):
         raise ValueError(f"in_raster {src.name}: has {src.count} band(s); the {model.name} was trained on "
-                         f"{model.n_bands_in}" + (f" (bands {extract} of its input)" if extract else "")
+                         f"{raster_bands}" + (f" (bands {extract} of its input)" if extract else "")
                          + ".")
     return [b + 1 for b in extract] if extract else list(range(1, src.count + 1))
 

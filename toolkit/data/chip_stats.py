@@ -82,6 +82,8 @@ def folder_norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair
                  seed: int, extract_bands: list[int] | None):
     """A paired folder's input normalisation and its target's normalisation or class encoding:
     from its .emd statistics when usable, else from a seeded ``norm_pct`` sample of ``train``."""
+    if folder.input_classes:
+        return _label_to_image_norms(folder, train, valid, norm_pct, seed)
     is_mask = folder.dataset_type == CLASSIFIED_TILES
     input_stats = usable_esri_stats(folder.input_stats, folder.input_header.bands, key="AllTilesStats",
                                     where=folder.path)
@@ -104,6 +106,20 @@ def folder_norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair
     if target_stats is not None:
         return input_norm, BandNorm.from_esri(target_stats, source=f"AllTilesStats2 of {folder.path / esri.EMD_FILE}")
     return input_norm, BandNorm.from_statistics(computed["target"], computed["source"])
+
+
+def _label_to_image_norms(folder: ChipFolder, train: list[ChipPair], valid: list[ChipPair], norm_pct: float,
+                          seed: int) -> tuple[MaskEncoding, BandNorm]:
+    """Label-to-image: the input's classes (its one-hot encoding) and the target images' scaling
+    (the export's AllTilesStats of its images, else a sample of the training chips)."""
+    labels = [ChipPair(p.name, p.target, p.input) for p in train + valid]  # classes_from_labels reads targets
+    encoding = MaskEncoding(folder.classes or classes_from_labels(labels))
+    stats = usable_esri_stats(folder.target_stats, folder.target_header.bands, key="AllTilesStats",
+                              where=folder.path)
+    if stats is not None:
+        return encoding, BandNorm.from_esri(stats, source=f"AllTilesStats of {folder.path / esri.EMD_FILE}")
+    computed = _chip_statistics(folder, train, norm_pct, seed, None, False, True)
+    return encoding, BandNorm.from_statistics(computed["target"], computed["source"])
 
 
 def _chip_statistics(folder, train, norm_pct, seed, extract_bands, need_input, need_target) -> dict:

@@ -60,8 +60,9 @@ class ChipPairDataset:
     """Map-style dataset: item ``i`` is ``(input, target)``, two float32 ``TensorImage`` s
     ``(bands, h, w)`` in [-1, 1].
 
-    Inputs are normalised with ``input_norm``; targets with ``target_norm`` (images) or encoded
-    with a ``MaskEncoding`` (class labels). When training with ``lighting`` > 0, the input's
+    Inputs are normalised with ``input_norm`` (images) or, label-to-image, encoded one-hot with a
+    ``MaskEncoding`` (class rasters); targets with ``target_norm`` (images) or encoded with a
+    ``MaskEncoding`` (class labels). When training with ``lighting`` > 0, the input's
     brightness and contrast change at random (:func:`lighting`; the target does not). Then, in
     order: ``resize_to`` (bilinear; nearest for labels), a crop to ``chip_size`` (random when
     training, centred otherwise), and for training with ``augment`` a random flip / 90-degree
@@ -69,7 +70,7 @@ class ChipPairDataset:
     ``split_idx`` is 0 for training and 1 for validation, as fastai transforms expect.
     """
 
-    def __init__(self, pairs: Sequence[ChipPair], *, input_norm: BandNorm,
+    def __init__(self, pairs: Sequence[ChipPair], *, input_norm: BandNorm | MaskEncoding,
                  target_norm: BandNorm | MaskEncoding, train: bool, augment: bool,
                  resize_to: tuple[int, int] | None = None, chip_size: tuple[int, int] | None = None,
                  extract_bands: Sequence[int] | None = None, lighting: float = 0.0,
@@ -93,6 +94,11 @@ class ChipPairDataset:
     def is_mask(self) -> bool:
         return isinstance(self.target_norm, MaskEncoding)
 
+    @property
+    def input_is_mask(self) -> bool:
+        """Label-to-image: the inputs are class rasters, one-hot encoded after augmentation."""
+        return isinstance(self.input_norm, MaskEncoding)
+
     def __len__(self) -> int:
         return len(self.pairs)
 
@@ -112,9 +118,13 @@ class ChipPairDataset:
         pair = self.pairs[i]
         x, x_valid, y, y_valid = self._read(i)
         check_band_coverage(x_valid, pair.input)
-        x = self.input_norm.normalize(x, x_valid)
-        if self.train and self.lighting > 0:
-            x = lighting(x, self.lighting, x_valid)
+        if self.input_is_mask:  # class values, kept as such through resampling (nearest)
+            x = np.where(x_valid[:1], x[:1], 0)
+            self.input_norm.check(x, pair.input)
+        else:
+            x = self.input_norm.normalize(x, x_valid)
+            if self.train and self.lighting > 0:
+                x = lighting(x, self.lighting, x_valid)
         if self.is_mask:
             y = y[:1]
             self.target_norm.check(y, pair.target)
@@ -122,14 +132,16 @@ class ChipPairDataset:
             check_band_coverage(y_valid, pair.target)
             y = self.target_norm.normalize(y, y_valid)
         if self.resize_to is not None:
-            x = resize_bands(x, self.resize_to)
+            x = resize_bands(x, self.resize_to, nearest=self.input_is_mask)
             y = resize_bands(y, self.resize_to, nearest=self.is_mask)
         if self.chip_size is not None:
             x, y = crop((x, y), self.chip_size, random=self.train)
         if self.train and self.augment:
             x, y = dihedral(x, y)
         if self.train and (self.rotate > 0 or self.zoom > 1):
-            x, y = turn_and_zoom(x, y, self.rotate, self.zoom, nearest=self.is_mask)
+            x, y = turn_and_zoom(x, y, self.rotate, self.zoom, nearest=self.is_mask, nearest_x=self.input_is_mask)
+        if self.input_is_mask:
+            x = self.input_norm.encode(x[0])
         if self.is_mask:
             y = self.target_norm.encode(y[0])
         return (TensorImage(torch.from_numpy(np.ascontiguousarray(x))),
@@ -162,11 +174,11 @@ def lighting(x: np.ndarray, strength: float, valid: np.ndarray | None = None) ->
 
 
 def turn_and_zoom(x: np.ndarray, y: np.ndarray, max_rotate: float, max_zoom: float, *,
-                  nearest: bool) -> tuple[np.ndarray, np.ndarray]:
+                  nearest: bool, nearest_x: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Turn ``x`` and ``y`` (``(bands, h, w)``) by the same random angle in ``[-max_rotate,
     max_rotate]`` degrees about the chip's centre and enlarge them by the same random factor in
     ``[1, max_zoom]``; edges are mirrored (so no empty corners appear), labels resampled by
-    nearest neighbour when ``nearest``. Buildings stand at every angle, and towns at every
+    nearest neighbour: ``y`` when ``nearest``, ``x`` when ``nearest_x`` (label-to-image). Buildings stand at every angle, and towns at every
     ground resolution near the training one; flips and quarter turns alone show four angles."""
     u = torch.rand(2).numpy()
     angle = (2 * u[0] - 1) * max_rotate
@@ -178,7 +190,7 @@ def turn_and_zoom(x: np.ndarray, y: np.ndarray, max_rotate: float, max_zoom: flo
         return np.stack([cv2.warpAffine(np.ascontiguousarray(band), matrix, (w, h), flags=interpolation,
                                         borderMode=cv2.BORDER_REFLECT_101) for band in a])
 
-    return (warp(x, cv2.INTER_LINEAR),
+    return (warp(x, cv2.INTER_NEAREST if nearest_x else cv2.INTER_LINEAR),
             warp(y, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR))
 
 

@@ -32,6 +32,7 @@ training, front doors). Reads headers and metadata only, with no fastai, so infe
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ class ChipFolder:
     target_header: ChipHeader | None = None
     band_names: list[str] | None = None
     cell_size: tuple[float, float] | None = None  # ground size of an input pixel, when georeferenced
+    input_classes: bool = False  # label-to-image: the inputs are class rasters (of ``classes``)
 
     @property
     def input_paths(self) -> list[Path]:
@@ -181,6 +183,8 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
                              "pass dataset_type='Pix2Pix' to pair images/ with images2/, or "
                              "'Classified_Tiles' to pair images/ with labels/.")
         kind = wanted or (PIX2PIX if images2 else CLASSIFIED_TILES)
+        if kind == PIX2PIX and not images2:  # arcgis.learn: Pix2Pix on images/ + labels/ is label-to-image
+            kind, direction = CLASSIFIED_TILES, "BtoA"
         target_dir = images2 if kind == PIX2PIX else labels
         if target_dir is None:
             raise ValueError(f"{path}: dataset_type={kind!r} needs a "
@@ -200,7 +204,20 @@ def index_folder(path: str | Path, *, dataset_type: str | None = None,
                          "use dataset_type='Pix2Pix'.")
     _check_headers(folder)
     folder.cell_size = chip_cell_size(folder.pairs[0].input)
+    if folder.dataset_type == CLASSIFIED_TILES and direction == "BtoA":
+        return labels_to_images(folder)
     return folder
+
+
+def labels_to_images(folder: ChipFolder) -> ChipFolder:
+    """A Classified_Tiles folder read the other way, class rasters -> images (pix2pixHD's
+    label-to-image synthesis): each pair's label chip is the input, its image the target; the
+    dataset type is then ``"Pix2Pix"`` (image targets), the classes the input's."""
+    swap = lambda pairs: None if pairs is None else [ChipPair(p.name, p.target, p.input) for p in pairs]  # noqa: E731
+    return dataclasses.replace(folder, dataset_type=PIX2PIX, pairs=swap(folder.pairs),
+                               valid_pairs=swap(folder.valid_pairs), input_stats=None,
+                               target_stats=folder.input_stats, input_header=folder.target_header,
+                               target_header=folder.input_header, band_names=None, input_classes=True)
 
 
 def _existing_folder(path: str | Path) -> Path:

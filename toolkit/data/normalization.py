@@ -80,6 +80,11 @@ class BandNorm:
     def n_bands(self) -> int:
         return len(self.min)
 
+    @property
+    def raster_bands(self) -> int:
+        """Bands of the rasters it scales (the networks' bands too)."""
+        return self.n_bands
+
     @classmethod
     def from_esri(cls, all_tiles_stats: Sequence[dict], source: str) -> BandNorm:
         """From an .emd ``AllTilesStats`` / ``AllTilesStats2`` list."""
@@ -163,6 +168,19 @@ class MaskEncoding:
     def n_bands(self) -> int:
         return len(self.classes)
 
+    raster_bands = 1  # a class raster: one band of class values, whatever the networks' band count
+
+    @property
+    def band_names(self) -> list[str]:
+        return [str(c.get("Name", c["Value"])) for c in self.classes]
+
+    def normalize(self, data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """A class raster as a network's *input* (label-to-image): ``(1, h, w)`` class values ->
+        ``(n_bands, h, w)`` one-hot in -1/+1 (:meth:`encode`); pixels not ``valid`` are
+        background. The interface of :meth:`BandNorm.normalize`, so inference takes either."""
+        label = data[0] if valid is None else np.where(valid[0], data[0], 0)
+        return self.encode(label)
+
     def check(self, label: np.ndarray, path) -> None:
         """Raise ``ValueError`` naming ``path`` when ``label`` holds values that are not classes."""
         unknown = np.setdiff1d(np.unique(label), [0, *self.values])
@@ -193,4 +211,6 @@ class MaskEncoding:
 
 
 def target_from_dict(d: dict) -> BandNorm | MaskEncoding:
+    """A saved ``to_dict`` of either: band statistics, or classes (a mask target, or the class
+    rasters of a label-to-image model's input)."""
     return MaskEncoding.from_dict(d) if d.get("kind") == "classes" else BandNorm.from_dict(d)

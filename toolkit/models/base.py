@@ -259,7 +259,7 @@ class TranslationModel(Training):
         # shapes first, on the meta device: an .emd whose sizes the weights do not have (say
         # ngf=100000) is refused before anything real is allocated
         check_weights_fit(config, weights, emd_path, model_type=cls.model_type)
-        input_norm = BandNorm.from_dict(emd["Toolkit"]["input_norm"])
+        input_norm = target_from_dict(emd["Toolkit"]["input_norm"])
         target_norm = target_from_dict(emd["Toolkit"]["target_norm"])
         model = cls.__new__(cls)
         if data is not None:

@@ -50,7 +50,8 @@ CLASSES = {  # MaskEncoding.to_dict
 RECORD = {"epoch": Rule("an integer >= 0", lambda v: integer(v, 0))}  # one History record
 TOOLKIT = {  # "config" is checked against the model class's config_rules
     "version": Rule("a string", _str, required=False),
-    "input_norm": BANDS,
+    "input_norm": Rule("an object with kind 'bands' or 'classes' (label-to-image)",
+                       lambda v: isinstance(v, dict) and v.get("kind") in ("bands", "classes")),
     "target_norm": Rule("an object with kind 'bands' or 'classes'",
                         lambda v: isinstance(v, dict) and v.get("kind") in ("bands", "classes")),
     "history": Rule("a list of objects", _list_of(lambda r: isinstance(r, dict)), required=False),
@@ -101,23 +102,26 @@ def validate_emd(emd, source) -> None:
     if "config" not in toolkit:
         fail(source, "Toolkit.config", "an object", missing=True)
     _check(toolkit["config"], cls.config_rules, "Toolkit.config", source)
-    config, target = toolkit["config"], toolkit["target_norm"]
+    config, target, source_norm = toolkit["config"], toolkit["target_norm"], toolkit["input_norm"]
     cls.validate_config(config, source)
-    _check(target, BANDS if target["kind"] == "bands" else CLASSES, "Toolkit.target_norm", source)
-    check_classes(target.get("classes", []), source, "Toolkit.target_norm.classes")
+    for name, norm in (("input_norm", source_norm), ("target_norm", target)):
+        _check(norm, BANDS if norm["kind"] == "bands" else CLASSES, f"Toolkit.{name}", source)
+        check_classes(norm.get("classes", []), source, f"Toolkit.{name}.classes")
     _check_image_size(emd, config, source)
     for i, record in enumerate(toolkit.get("history", [])):
         _check(record, RECORD, f"Toolkit.history[{i}]", source)
     # band counts must agree, or normalisation fails (or broadcasts silently) at predict time
-    counts = [("Toolkit.input_norm.min", len(toolkit["input_norm"]["min"]), "n_bands_in")]
-    counts += [(f"Toolkit.input_norm.{k}", len(toolkit["input_norm"][k]), "n_bands_in")
-               for k in ("max", "mean", "std", "band_names")]
+    if source_norm["kind"] == "bands":
+        counts = [(f"Toolkit.input_norm.{k}", len(source_norm[k]), "n_bands_in")
+                  for k in ("min", "max", "mean", "std", "band_names")]
+    else:  # label-to-image: one input band per class
+        counts = [("Toolkit.input_norm.classes", len(source_norm["classes"]), "n_bands_in")]
     if target["kind"] == "bands":
         counts += [(f"Toolkit.target_norm.{k}", len(target[k]), "n_bands_out")
                    for k in ("min", "max", "mean", "std", "band_names")]
     else:
         counts.append(("Toolkit.target_norm.classes", len(target["classes"]), "n_bands_out"))
-    if config.get("extract_bands"):
+    if config.get("extract_bands") and source_norm["kind"] == "bands":
         counts.append(("Toolkit.config.extract_bands", len(config["extract_bands"]), "n_bands_in"))
     for path, n, key in counts:
         if n != config[key]:

@@ -323,11 +323,11 @@ def model_emd(name: str, *, model_type: str, model_name: str, config: dict, inpu
         "ModelFile": f"{name}.pth",
         "ImageHeight": height,
         "ImageWidth": width,
-        "ExtractBands": c.get("extract_bands") or list(range(c["n_bands_in"])),
+        "ExtractBands": c.get("extract_bands") or list(range(input_norm.raster_bands)),
         "SupportsVariableTileSize": True,
         "n_intput_channel": c["n_bands_in"],  # sic: arcgis.learn's key
         "n_channel": c["n_bands_out"],
-        "NormalizationStats": arcgis_stats(input_norm),
+        "NormalizationStats": arcgis_stats(input_norm) if isinstance(input_norm, BandNorm) else None,
         "NormalizationStats_b": arcgis_stats(target_norm) if not is_mask else None,
         "ArcGISLearnVersion": "toolkit " + __version__,
         "ImageSpaceUsed": "MAP_SPACE",

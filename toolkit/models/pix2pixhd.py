@@ -36,6 +36,7 @@ from torch import nn
 
 from toolkit.config import Pix2PixHDConfig
 from toolkit.data.layouts import CLASSIFIED_TILES, DATASET_TYPES
+from toolkit.data.normalization import MaskEncoding
 from toolkit.models.base import register
 from toolkit.models.emd_schema import check_config
 from toolkit.models.gan import DiscriminatorStep, PerceptualLoss, Pix2PixLoss
@@ -190,8 +191,12 @@ class Pix2PixHD(Pix2PixHDSpec, Pix2Pix):
     """Pix2PixHD image-to-image translation: coarse-to-fine generator, multi-scale PatchGANs.
 
     Args:
-        data: :func:`toolkit.prepare_data` DataLoaders of image pairs (Export_Tiles; ``None``
-            only through :meth:`from_model`).
+        data: :func:`toolkit.prepare_data` DataLoaders of image pairs (Export_Tiles), or of
+            class rasters and their images for label-to-image synthesis (a Classified_Tiles
+            export read with ``direction="BtoA"``, or arcgis.learn's ``dataset_type="Pix2Pix"``:
+            the classes one-hot, one input band each, as arcgis.learn's ``label_nc``; an outline
+            class of a footprint export serves as the paper's instance-boundary map). ``None``
+            only through :meth:`from_model`.
         pretrained_path: a saved model (.emd, folder or .dlpk; arcgis.learn's too) to start from.
         n_gen_filters, gen_network, n_downsample_global, n_blocks_global, n_local_enhancers,
             n_blocks_local, norm, lsgan, n_dscr_filters, n_layers_dscr, n_dscr, feat_loss,
@@ -233,8 +238,9 @@ class Pix2PixHD(Pix2PixHDSpec, Pix2Pix):
             raise ValueError("Pix2PixHD needs data from prepare_data(); to load a saved model for "
                              "inference without data use Pix2PixHD.from_model(path).")
         if data.dataset_type == CLASSIFIED_TILES or data.dataset_type not in DATASET_TYPES:
-            raise ValueError(f"{data.path}: Pix2PixHD translates images into images (Export_Tiles pairs); this "
-                             f"data is {data.dataset_type!r}.")
+            raise ValueError(f"{data.path}: Pix2PixHD makes images: from images (Export_Tiles pairs) or from class "
+                             f"rasters (a Classified_Tiles folder read with prepare_data(..., direction='BtoA')); "
+                             f"this data is {data.dataset_type!r} (image -> class mask).")
         settings = Pix2PixHDConfig(  # checks each value's type and range
             n_gen_filters=n_gen_filters, gen_network=gen_network, n_downsample_global=n_downsample_global,
             n_blocks_global=n_blocks_global, n_local_enhancers=n_local_enhancers, n_blocks_local=n_blocks_local,
@@ -242,7 +248,8 @@ class Pix2PixHD(Pix2PixHDSpec, Pix2Pix):
             feat_loss=feat_loss, vgg_loss=vgg_loss, vgg_weights=None if vgg_weights is None else str(vgg_weights),
             lambda_feat=lambda_feat, l1_loss=l1_loss, lambda_l1=lambda_l1, niter_fix_global=niter_fix_global)
         self._vgg = None
-        rgb = data.n_bands_in == 3 and data.n_bands_out == 3
+        labels_in = isinstance(data.input_norm, MaskEncoding)  # label-to-image synthesis
+        rgb = data.n_bands_out == 3 and (labels_in or data.n_bands_in == 3)
         if not rgb:  # arcgis.learn: multispectral trains with L1, without VGG
             settings = dataclasses.replace(settings, vgg_loss=False, l1_loss=True)
         elif settings.vgg_loss and vgg_weights is None:
@@ -297,9 +304,11 @@ class Pix2PixHD(Pix2PixHDSpec, Pix2Pix):
 
     def _emd_keys(self, name: str) -> dict:
         c = self.config
-        return {"ModelConfiguration": "_pix2pix_hd", "label_nc": 0,
+        labels = self.input_norm.values if isinstance(self.input_norm, MaskEncoding) else None
+        return {"ModelConfiguration": "_pix2pix_hd", "label_nc": len(labels) if labels else 0,
+                **({"mask_map": [0, *labels]} if labels else {}),
                 "Kwargs": {k: c[k] for k in SETTINGS if k in c and k != "niter_fix_global"},
-                "IsMultispectral": not (c["n_bands_in"] == 3 and c["n_bands_out"] == 3)}
+                "IsMultispectral": not (c["n_bands_out"] == 3 and (labels or c["n_bands_in"] == 3))}
 
     def __repr__(self) -> str:
         c = self.config

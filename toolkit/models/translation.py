@@ -116,8 +116,8 @@ class Translation(BandCounts):
                 data = data[np.newaxis]
         if self.extract_bands:
             data = data[self.extract_bands]
-        if data.ndim != 3 or data.shape[0] != self.n_bands_in:
-            raise ValueError(f"the {self.name} takes {self.n_bands_in} band(s) (bands, height, width); "
+        if data.ndim != 3 or data.shape[0] != self.input_norm.raster_bands:
+            raise ValueError(f"the {self.name} takes {self.input_norm.raster_bands} band(s) (bands, height, width); "
                              f"got an array of shape {data.shape}.")
         source = image if isinstance(image, (str, os.PathLike)) else "image"
         result = self.predict_chips(data[np.newaxis], nodata=nodata, tta=tta, source=source)[0]
@@ -227,7 +227,7 @@ def load_translation(path: str | os.PathLike, convert_to: str | None = None, *,
     net.load_state_dict(weights[network])
     source_files = (emd_path,) if emd_path.suffix.lower() == ".dlpk" else (emd_path, emd_path.with_suffix(".pth"))
     return make_translation(spec, config, {network: net.to(device)},
-                            BandNorm.from_dict(emd["Toolkit"]["input_norm"]),
+                            target_from_dict(emd["Toolkit"]["input_norm"]),
                             target_from_dict(emd["Toolkit"]["target_norm"]), device, convert_to,
                             extract_bands=config.get("extract_bands") if not spec.two_way else None,
                             footprint_settings=emd["Toolkit"].get("footprint_settings"),
