@@ -88,6 +88,9 @@ def test_pix2pixhd_learns_real_imagery(trained):
     assert (model.config["l1_loss"], model.config["vgg_loss"], model.config["gen_network"]) == (True, False, "local")
     assert {"gen_loss", "feat_loss", "l1_loss", "d_loss"} <= set(model.history[-1])
     assert trained["after"] >= trained["before"] + 3.0, (trained["before"], trained["after"])
+    weights = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    assert 0 < model.lr_find(allow_plot=False, num_it=10) < 1  # on the L1 term, as for Pix2Pix
+    assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in weights.items())
 
 
 def test_saved_loaded_packaged_and_pro_predict_alike(trained, rotterdam_pairs, rotterdam, tmp_path):

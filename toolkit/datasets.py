@@ -14,6 +14,8 @@ Why pip and not a URL: pip already knows the user's index, proxy and certificate
 metadata holds a malformed requirement (``gdal>=3.0.2geopandas>=0.7.0``) that pip 24.1 and later
 refuse ("No matching distribution found"). When the user's own pip refuses, the download runs again
 with pip 24.0, itself fetched as a wheel by the user's pip and run straight from that wheel.
+
+Layer: data.
 """
 
 from __future__ import annotations

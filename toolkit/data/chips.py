@@ -3,6 +3,8 @@
 Pixels come through rasterio (GeoTIFF, PNG, JPEG, ...), with PIL only for files GDAL cannot open.
 Headers for the index are parsed from the first bytes of the file (TIFF) or with PIL (PNG, JPEG)
 instead of opening a GDAL dataset (~1.5 ms a chip), so 5,000 pairs index in about a second.
+
+Layer: data.
 """
 
 from __future__ import annotations

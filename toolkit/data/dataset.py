@@ -1,4 +1,7 @@
-"""The dataset behind the DataLoaders: chip pairs -> (input, target) tensors in [-1, 1]."""
+"""The dataset behind the DataLoaders: chip pairs -> (input, target) tensors in [-1, 1].
+
+Layer: data.
+"""
 
 from __future__ import annotations
 

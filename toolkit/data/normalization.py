@@ -4,6 +4,8 @@
 per-band statistics of the training chips. ``MaskEncoding`` is for class labels (Classified_Tiles
 targets). Both travel with the data object and the saved model, so predictions come back in the
 target's units with the same numbers that trained the model.
+
+Layer: data.
 """
 
 from __future__ import annotations

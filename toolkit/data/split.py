@@ -8,6 +8,8 @@ inside the validation area validate, chips wholly outside it train, and chips th
 edge are left out of both, so no validation chip shares a pixel with a training chip.
 
 Part of the data layer (:mod:`toolkit.data`); reads the chips' georeference with rasterio.
+
+Layer: data.
 """
 
 from __future__ import annotations
