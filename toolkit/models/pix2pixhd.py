@@ -44,7 +44,7 @@ from toolkit.models.networks import init_weights
 from toolkit.models.pix2pix import Pix2Pix
 from toolkit.models.specs import Pix2PixHDSpec
 
-__all__ = ["Pix2PixHD", "Pix2PixHDTrainer", "VGG19Loss", "memory_needed"]
+__all__ = ["Pix2PixHD", "Pix2PixHDTrainer", "VGG19Loss", "memory_needed", "training_memory"]
 
 _DEFAULTS = Pix2PixHDConfig  # the keywords' defaults, stated once (toolkit.config)
 SETTINGS = tuple(f.name for f in dataclasses.fields(Pix2PixHDConfig) if f.name not in ("vgg_weights",))
@@ -184,6 +184,15 @@ def memory_needed(config: dict, batch_size: int) -> dict[str, int]:
                 hook.remove()
     parameters = sum(p.numel() for net in nets.values() for p in net.parameters())
     return {"parameters": parameters, "weights": parameters * 4 * 4, "activations": total[0]}
+
+
+def training_memory(data, settings: Pix2PixHDConfig = Pix2PixHDConfig()) -> dict[str, int]:
+    """:func:`memory_needed` for training a Pix2PixHD of ``settings`` on ``data`` (its bands, chip
+    size and batch size), before building it."""
+    size = data.chip_size
+    config = {"n_bands_in": data.n_bands_in, "n_bands_out": data.n_bands_out,
+              "chip_size": list(size) if isinstance(size, tuple) else size, **settings.to_dict()}
+    return memory_needed(config, data.train.bs)
 
 
 @register
