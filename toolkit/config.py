@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import numbers
 import types
@@ -100,8 +101,14 @@ def _size(value):
 # --- checking a value against its field -------------------------------------------------------
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    """A config class's evaluated annotations (once per class: every config built checks each field)."""
+    return typing.get_type_hints(cls)
+
+
 def _hint(cls: type, f: dataclasses.Field):
-    return typing.get_type_hints(cls)[f.name]
+    return _hints(cls)[f.name]
 
 
 def _parts(hint) -> tuple[list, bool]:
