@@ -8,11 +8,13 @@ The split is the demo's: the Banepa mosaic (0.5 m, ``datasets.fetch("banepa_buil
 chips every 64 px with 2 px outlines (``contour_width=2``), its northern 192 rows the validation
 strip (``prepare_data(validation_area=...)``), the east third held out. Every recipe trains
 ``Pix2Pix(ngf=32, ndf=32, class_balance=True)`` from seed 0, tunes the footprint settings on the
-strip, predicts the whole mosaic and scores the footprints in the east third (pixel IoU, object
-F1 at IoU >= 0.5) and in the training area. ``--probe 60 90`` also scores the weights at those
-epochs. Results go to ``benchmarks/results/footprints-<recipe>.json`` (not committed) and one
-line each to stdout; the numbers are in benchmarks/README.md. Run it alone on the cores: a
-second job slows every step many times over.
+strip, predicts the whole mosaic and scores the footprints in the east third (pixel IoU, object F1
+at IoU >= 0.5) and in the training area. A recipe may change the model's keywords (``"model"``),
+the mosaic's ground pixel size (``"resolution"``; the validation strip stays 96 m), the chips
+(``"tile_size"``, ``"stride"``) and the outline width (``"contour_width"``). ``--probe 60 90`` also
+scores the weights at those epochs. Results go to ``benchmarks/results/footprints-<recipe>.json``
+(not committed) and one line each to stdout; the numbers are in benchmarks/README.md. Run it alone
+on the cores: a second job slows every step many times over.
 """
 
 from __future__ import annotations
@@ -61,6 +63,27 @@ RECIPES = {
                 {"gan_weight": 0.0, "lr": 2e-3, "epochs": 160, "data": {}, "fit": {"checkpoint": False}}),
     "demo": ("the demo's CPU recipe: the same, 220 epochs", {"gan_weight": 0.0, "lr": 2e-3, "epochs": 220,
              "data": {}, "fit": {"checkpoint": False}}),
+    "demo_instance": ("the demo's recipe with instance norm", {"gan_weight": 0.0, "lr": 2e-3, "epochs": 220,
+                      "data": {}, "fit": {"checkpoint": False}, "model": {"norm": "instance"}}),
+    "demo_nodropout": ("the demo's recipe without the U-Net's dropout", {"gan_weight": 0.0, "lr": 2e-3, "epochs": 220,
+                       "data": {}, "fit": {"checkpoint": False}, "model": {"dropout": False}}),
+    "demo_bce_dice": ("the demo's recipe with cross-entropy plus Dice instead of balanced L1",
+                      {"gan_weight": 0.0, "lr": 2e-3, "epochs": 220, "data": {}, "fit": {"checkpoint": False},
+                       "model": {"mask_loss": "bce_dice", "class_balance": False}}),
+    "bce_dice_04m": ("cross-entropy plus Dice on a 0.4 m mosaic, as many steps (140 epochs)",
+                     {"gan_weight": 0.0, "lr": 2e-3, "epochs": 140, "data": {}, "fit": {"checkpoint": False},
+                      "model": {"mask_loss": "bce_dice", "class_balance": False}, "resolution": 0.4}),
+    "bce_dice_03m": ("the same on a 0.3 m mosaic, 3 px outlines, as many steps (80 epochs)",
+                     {"gan_weight": 0.0, "lr": 2e-3, "epochs": 80, "data": {}, "fit": {"checkpoint": False},
+                      "model": {"mask_loss": "bce_dice", "class_balance": False}, "resolution": 0.3, "contour_width": 3}),
+    "bce_dice_03m_256": ("the same with 256 px chips every 128 px (77 m of context instead of 38 m), 80 epochs",
+                         {"gan_weight": 0.0, "lr": 2e-3, "epochs": 80, "data": {}, "fit": {"checkpoint": False},
+                          "model": {"mask_loss": "bce_dice", "class_balance": False}, "resolution": 0.3,
+                          "contour_width": 3, "tile_size": 256, "stride": 128}),
+    "demo_03m": ("the demo's CPU recipe: the same, 120 epochs", {
+        "gan_weight": 0.0, "lr": 2e-3, "epochs": 120, "data": {}, "fit": {"checkpoint": False},
+        "model": {"mask_loss": "bce_dice", "class_balance": False}, "resolution": 0.3, "contour_width": 3,
+        "tile_size": 256, "stride": 128}),
 }
 TRAIN_SHARE, VALIDATION_ROWS = 2 / 3, 192
 
@@ -83,18 +106,19 @@ def run(name: str, out: Path, probes: list[int], tta: bool) -> dict:
     work = out / f"footprints-{name}"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    sample = datasets.fetch("banepa_buildings")
+    resolution = recipe.get("resolution", 0.5)
+    sample = datasets.fetch("banepa_buildings", resolution=resolution)
     truth = gpd.read_file(sample["footprints"])
-    split = split_scene(sample["image"], TRAIN_SHARE, VALIDATION_ROWS)
+    split = split_scene(sample["image"], TRAIN_SHARE, round(VALIDATION_ROWS * 0.5 / resolution))
     east, west, strip = split.held_out, split.train, split.validation
     train_area = clip_raster(sample["image"], work / "train_area.tif", window=split.train_window, overwrite=True)
-    summary = export_training_data(train_area, work / "chips", in_class_data=sample["footprints"], tile_size=128,
-                                   stride=64, contour_width=2, output_nofeature_tiles=False, overwrite=True,
-                                   progress=False)
+    summary = export_training_data(train_area, work / "chips", in_class_data=sample["footprints"], tile_size=recipe.get("tile_size", 128),
+                                   stride=recipe.get("stride", 64), contour_width=recipe.get("contour_width", 2), output_nofeature_tiles=False,
+                                   overwrite=True, progress=False)
     data = prepare_data(summary.out_folder, batch_size=4, seed=0, validation_area=strip, **recipe["data"])
     torch.manual_seed(0)
-    model = Pix2Pix(data, ngf=32, ndf=32, class_balance=True, gan_weight=recipe["gan_weight"],
-                    working_dir=work / "models")
+    model = Pix2Pix(data, ngf=32, ndf=32, gan_weight=recipe["gan_weight"], working_dir=work / "models",
+                    **({"class_balance": True} | recipe.get("model", {})))
 
     def score(tag: str, tta: bool) -> dict:
         tuned = model.tune_footprints()
@@ -116,6 +140,7 @@ def run(name: str, out: Path, probes: list[int], tta: bool) -> dict:
     with model.learn.no_bar():
         model.fit(recipe["epochs"], lr=recipe["lr"], callbacks=[probe], **recipe["fit"])
     fit_seconds = time.perf_counter() - fit_start
+    model.save("final", compute_metrics=False, overwrite=True)
     result = {"recipe": name, "what": what, "settings": {k: v for k, v in recipe.items()},
               "train_chips": len(data.train_ds), "validation_chips": len(data.valid_ds),
               "fit_seconds": round(fit_seconds, 1), "probes": probe.results, "final": score("final", tta=False)}

@@ -3,13 +3,13 @@ has not been.
 
     .venv/bin/python scripts/demo.py [out_folder]      # default demo_output/
 
-The sample is Banepa, Nepal (``datasets.fetch("banepa_buildings")``): drone imagery mosaicked to
-0.5 m with 1,466 OpenStreetMap footprints, a dense town centre where most buildings touch. The
-west two thirds train the model, with a validation strip inside them (the northern rows, on
-ground of its own: no validation chip shares a pixel with a training chip); the east third is
-held out, and the scores that matter are measured there. If Banepa cannot be fetched (offline
-and no ``TOOLKIT_DATA_MIRROR``), the demo says so and runs on the SpaceNet Atlanta tile instead;
-its output and metrics.json name the sample used.
+The sample is Banepa, Nepal (``datasets.fetch("banepa_buildings", resolution=0.3)``): drone imagery
+mosaicked to 0.3 m with 1,466 OpenStreetMap footprints, a dense town centre where most buildings
+touch. The west two thirds train the model, with a validation strip inside them (the northern 96 m,
+on ground of its own: no validation chip shares a pixel with a training chip); the east third is
+held out, and the scores that matter are measured there. If Banepa cannot be fetched (offline and
+no ``TOOLKIT_DATA_MIRROR``), the demo says so and runs on the SpaceNet Atlanta tile instead; its
+output and metrics.json name the sample used.
 
 Steps: export chips with contour-reinforced footprint labels, prepare_data with the validation
 strip, Pix2Pix fit, tune the footprint settings on the strip, save and reload, predict the whole
@@ -17,7 +17,7 @@ scene with predict_raster (test-time augmentation), vectorize the footprints (to
 separated along the outline class), score them against the truth, and compare the ways of making
 footprints in both areas (metrics.json "held_out_by_method", "training_area_by_method").
 
-CPU-sized settings by default (about 11 minutes on 2 cores); the paper's sizes on a GPU.
+CPU-sized settings by default (about 14 minutes on 2 cores); the paper's sizes on a GPU.
 Writes: show_batch.png, show_results.png, loss_graph.png, footprints.png, prediction.tif,
 footprints.gpkg, metrics.json and the saved model folder model/.
 """
@@ -49,35 +49,46 @@ from toolkit.viz import plot_footprints  # noqa: E402
 
 # Settings per sample and device, as the toolkit's stage configs (toolkit.config). Banepa's CPU
 # recipe was measured on the held-out east third (benchmarks/README.md, "Footprints on ground
-# the model has not seen"): within the demo's 15 minutes on 2 cores, the U-Net without the
-# adversarial term (gan_weight 0: the discriminator costs a third of every step and did not raise
-# the held-out scores) at lr 2e-3, with the default augmentation for masks, kept as trained to the
-# end of its one-cycle schedule (no checkpoints). On a GPU, the paper's sizes and loss.
+# the model has not seen"): within the demo's 15 minutes on 2 cores, the mosaic at 0.3 m (finer
+# pixels scored better at the same number of training steps: 0.5, 0.4 and 0.3 m in turn), 3 px
+# outlines, 256 px chips every 128 px (77 m of context: more than 128 px chips, at half their
+# time per epoch), the U-Net without the adversarial term (gan_weight 0: the discriminator costs a third
+# of every step and did not raise the held-out scores) trained with cross-entropy plus Dice (the
+# class-balanced L1 drew outlines too wide) at lr 2e-3, with the default augmentation for masks,
+# kept as trained to the end of its one-cycle schedule (no checkpoints). On a GPU, the paper's
+# sizes and loss.
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The demo's settings of each stage."""
+    """The demo's settings of each stage, and the ground pixel size of the Banepa mosaic."""
 
     export: ExportConfig
     data: DataConfig
     model: Pix2PixConfig
     fit: FitConfig
+    resolution: float | None = None  # metres; None: the sample's own (Banepa: 0.5 m)
 
     def to_dict(self) -> dict:
-        return {stage: getattr(self, stage).to_dict() for stage in ("export", "data", "model", "fit")}
+        stages = {stage: getattr(self, stage).to_dict() for stage in ("export", "data", "model", "fit")}
+        return stages | {"resolution": self.resolution}
 
 
-def recipe(tile_size: int, ngf: int, batch_size: int, epochs: int, lr: float, gan_weight: float) -> Recipe:
-    """Footprints with an outline class (2 px), class-balanced L1, ``ngf`` filters in both networks."""
-    return Recipe(ExportConfig(tile_size=tile_size, stride=64, contour_width=2),
+def recipe(tile_size: int, ngf: int, batch_size: int, epochs: int, lr: float, gan_weight: float, *,
+           stride: int = 64, contour_width: int = 2, mask_loss: str = "l1",
+           resolution: float | None = None) -> Recipe:
+    """Footprints with an outline class, ``ngf`` filters in both networks; the L1 term
+    class-balanced, or cross-entropy plus Dice."""
+    return Recipe(ExportConfig(tile_size=tile_size, stride=stride, contour_width=contour_width),
                   DataConfig(batch_size=batch_size, seed=0),
-                  Pix2PixConfig(ngf=ngf, ndf=ngf, gan_weight=gan_weight, class_balance=True),
-                  FitConfig(epochs=epochs, lr=lr, checkpoint="none"))
+                  Pix2PixConfig(ngf=ngf, ndf=ngf, gan_weight=gan_weight, class_balance=mask_loss == "l1",
+                                mask_loss=mask_loss),
+                  FitConfig(epochs=epochs, lr=lr, checkpoint="none"), resolution)
 
 
 RECIPES = {
-    ("banepa_buildings", "cpu"): recipe(128, 32, 4, 220, 2e-3, 0.0),
+    ("banepa_buildings", "cpu"): recipe(256, 32, 4, 120, 2e-3, 0.0, stride=128, contour_width=3,
+                                        mask_loss="bce_dice", resolution=0.3),
     ("banepa_buildings", "gpu"): recipe(256, 64, 4, 200, 2e-4, 1.0),
     ("atlanta_buildings", "cpu"): recipe(128, 32, 4, 80, 2e-4, 1.0),
     ("atlanta_buildings", "gpu"): recipe(256, 64, 4, 100, 2e-4, 1.0),
@@ -88,13 +99,14 @@ QUICK = Recipe(ExportConfig(tile_size=64, stride=64, contour_width=2), DataConfi
                Pix2PixConfig(ngf=8, ndf=8, gan_weight=1.0, class_balance=True),
                FitConfig(epochs=2, lr=1e-3, checkpoint="none"))
 TRAIN_SHARE = 2 / 3  # the west two thirds train, the east third is held out
-VALIDATION_ROWS = 192  # the validation strip: the northern rows of the training area
+VALIDATION_METRES = 96  # the validation strip: the northern 96 m of the training area
 
 
-def fetch_sample() -> tuple[datasets.Sample, str | None]:
-    """Banepa, else (offline, no mirror) Atlanta, with the reason Banepa was not used."""
+def fetch_sample(resolution: float | None) -> tuple[datasets.Sample, str | None]:
+    """Banepa (its mosaic at ``resolution`` metres), else (offline, no mirror) Atlanta, with the
+    reason Banepa was not used."""
     try:
-        return datasets.fetch("banepa_buildings"), None
+        return datasets.fetch("banepa_buildings", resolution=resolution), None
     except datasets.SampleDataError as err:
         return datasets.fetch("atlanta_buildings"), str(err)
 
@@ -104,22 +116,24 @@ def main(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    sample, fallback = fetch_sample()
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    quick = os.environ.get("TOOLKIT_QUICK") == "1"
+    sample, fallback = fetch_sample(None if quick else RECIPES["banepa_buildings", device].resolution)
     if fallback:
         print(f"The Banepa sample could not be fetched, so this demo runs on the SpaceNet Atlanta tile "
               f"(43 buildings) instead:\n  {fallback}\n")
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    settings = QUICK if os.environ.get("TOOLKIT_QUICK") == "1" else RECIPES[sample.name, device]
+    settings = QUICK if quick else RECIPES[sample.name, device]
     truth = gpd.read_file(sample["footprints"])
-    split = split_scene(sample["image"], TRAIN_SHARE, VALIDATION_ROWS)
-    east, west, strip = split.held_out, split.train, split.validation
     with rasterio.open(sample["image"]) as src:
-        width, height = src.width, src.height
+        width, height, pixel = src.width, src.height, src.res[0]
+    validation_rows = round(VALIDATION_METRES / pixel)
+    split = split_scene(sample["image"], TRAIN_SHARE, validation_rows)
+    east, west, strip = split.held_out, split.train, split.validation
     train_columns = split.train_window.width
     print(f"Sample: {sample.name} ({sample.credit})")
-    print(f"  {sample['image'].name}: {width} x {height} px; {len(truth)} footprints")
+    print(f"  {sample['image'].name}: {width} x {height} px of {pixel:g} m; {len(truth)} footprints")
     print(f"  training area: the west {train_columns} columns (validation strip: their northern "
-          f"{VALIDATION_ROWS} rows); held out: the east {width - train_columns} columns")
+          f"{validation_rows} rows); held out: the east {width - train_columns} columns")
     print(f"Settings ({device.upper()}{', quick' if settings is QUICK else ''}): {settings.to_dict()}")
 
     # 1. Training chips from the west part, footprint outlines as their own class.
@@ -191,7 +205,7 @@ def main(out: Path) -> dict:
                "held_out_east_third": held_out, "training_area_west": trained_on,
                "validation_chips": validation, "footprint_settings": tuned,
                "held_out_by_method": comparison, "training_area_by_method": comparison_west,
-               "split": {"train_columns": train_columns, "validation_rows": VALIDATION_ROWS,
+               "split": {"pixel_size": pixel, "train_columns": train_columns, "validation_rows": validation_rows,
                          "train_chips": len(data.train_ds), "validation_chips": len(data.valid_ds),
                          "left_out_chips": len(data.left_out)},
                "settings": settings.to_dict(), "device": "cuda" if torch.cuda.is_available() else "cpu",

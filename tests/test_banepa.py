@@ -93,6 +93,25 @@ def test_second_fetch_reuses_the_cache(mirror, serve, tmp_path):
     assert again["image"].stat().st_mtime_ns == stamp
 
 
+def test_a_mosaic_at_another_resolution_is_built_beside_the_default(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv(banepa.MIRROR_ENV, str(mirror))
+    cache = tmp_path / "cache"
+    default = datasets.fetch("banepa_buildings", data_dir=cache)
+    fine = datasets.fetch("banepa_buildings", data_dir=cache, resolution=0.4)
+    assert fine["image"] != default["image"] and default["image"].is_file()
+    with rasterio.open(default["image"]) as a, rasterio.open(fine["image"]) as b:
+        assert b.res == (0.4, 0.4) and b.crs == a.crs and b.nodata == 0
+        assert abs(b.width * 0.4 - a.width * 0.5) < 1 and abs(b.height * 0.4 - a.height * 0.5) < 1
+        assert b.transform.c == a.transform.c and b.transform.f == a.transform.f
+    assert len(gpd.read_file(fine["footprints"])) == len(gpd.read_file(default["footprints"])) == 1466
+    for bad in (0.1, 0, "0.4", True):
+        with pytest.raises(ValueError, match="resolution"):
+            datasets.fetch("banepa_buildings", data_dir=tmp_path / "bad", resolution=bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything was fetched
+    with pytest.raises(ValueError, match="resolution"):
+        datasets.fetch("atlanta_buildings", resolution=0.4)
+
+
 def test_a_corrupted_download_fails_its_checksum_and_leaves_nothing(mirror, serve, tmp_path):
     served = tmp_path / "served"
     shutil.copytree(mirror / banepa.MIRROR_FOLDER, served / banepa.MIRROR_FOLDER)

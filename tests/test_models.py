@@ -5,6 +5,7 @@ CPU-sized: ngf/ndf 8-16, chips of 64 to 200 px, a few epochs.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import matplotlib.pyplot as plt
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+import torch.nn.functional as F
 from fastai.callback.core import Callback
 
 from toolkit import Pix2Pix, export_training_data, prepare_data
@@ -180,6 +182,37 @@ def test_resume_continues_an_interrupted_fit(ms2pan_data, tmp_path):
     assert counter.trained == [2, 3]
     assert [r["epoch"] for r in fresh.history] == [0, 1, 2, 3]
     assert fresh.fit_id == model.fit_id
+
+
+def test_generator_adam_is_fused_and_resumes_fastai_adam_state():
+    """The generator trains with PyTorch's fused Adam (fastai's updates tensor by tensor); an
+    optimizer state written by fastai's Adam (checkpoints of earlier toolkits) resumes exactly."""
+    from fastai.optimizer import Adam
+
+    from toolkit.models.checkpoint import plain_state
+    from toolkit.models.training import _load_opt_state, adam
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    old = Adam(list(a.parameters()), lr=1e-2, mom=0.5, sqr_mom=0.999, eps=1e-8, wd=0.0)
+    grads = [[torch.randn_like(p) for p in a.parameters()] for _ in range(4)]
+    for step in grads[:2]:
+        for p, g in zip(a.parameters(), step):
+            p.grad = g.clone()
+        old.step()
+    new = adam((0.5, 0.999), torch.device("cpu"))(list(b.parameters()), lr=1e-2)
+    assert new.opt.param_groups[0]["fused"]
+    b.load_state_dict(a.state_dict())
+    _load_opt_state(new, copy.deepcopy(plain_state(old.state_dict())))  # as read back from a file
+    for step in grads[2:]:
+        for pa, pb, g in zip(a.parameters(), b.parameters(), step):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        old.step()
+        new.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    assert new.opt.param_groups[0]["fused"]  # the run's setting, not the saved one's
 
 
 def test_checkpoint_restores_the_best_epoch(ms2pan_data, tmp_path):
@@ -367,6 +400,55 @@ def test_balanced_l1_shares_the_rest_of_a_band_by_class():
         wrong = target.clone()
         wrong[0, 1][torch.from_numpy(where)] = value
         assert float(balanced_l1(wrong, target)) == pytest.approx(2 * share / 2), what
+
+
+def test_bce_dice_scores_class_bands_by_overlap():
+    from toolkit.models.gan import bce_dice
+
+    target = -torch.ones(2, 2, 8, 8)
+    target[:, 0, :2, :2] = 1  # band 0: a small class; band 1: a large one
+    target[:, 1, 2:, :] = 1
+    right, wrong = bce_dice(target.clone(), target), bce_dice(-target, target)
+    assert float(right) < 1e-3 and float(wrong) > 10
+    # missing the small class costs as much Dice as missing the large one, by pixels much less
+    small, large = target.clone(), target.clone()
+    small[:, 0], large[:, 1] = -1, -1
+
+    def bce(pred):
+        return float(F.binary_cross_entropy(((pred + 1) / 2).clamp(1e-6, 1 - 1e-6), (target > 0).float()))
+
+    assert bce(small) < bce(large) / 10
+    dice_small, dice_large = float(bce_dice(small, target)) - bce(small), float(bce_dice(large, target)) - bce(large)
+    assert dice_small == pytest.approx(dice_large, abs=0.06) and dice_small > 0.4
+    pred = torch.zeros_like(target, requires_grad=True)
+    bce_dice(pred, target).backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad[target > 0] < 0).all()
+
+
+def test_segmentation_options_on_footprints(atlanta, tmp_path):
+    """A plain segmentation U-Net (no dropout, cross-entropy plus Dice) trains on footprint masks,
+    and its options are saved with it; on images they are refused."""
+    summary = export_training_data(atlanta["image"], tmp_path / "chips", in_class_data=atlanta["footprints"],
+                                   tile_size=64, contour_width=2, output_nofeature_tiles=False, progress=False)
+    data = prepare_data(summary.out_folder, batch_size=8, seed=0)
+    model = Pix2Pix(data, ngf=8, ndf=8, gan_weight=0, dropout=False, mask_loss="bce_dice",
+                    working_dir=tmp_path / "work")
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.generator.modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in Pix2Pix(data, ngf=8, ndf=8).generator.modules())
+    model.fit(2, lr=2e-3, checkpoint=False)
+    first, last = model.learn.recorder.values[0], model.learn.recorder.values[-1]
+    assert np.isfinite(last[:2]).all() and last[0] < first[0]  # train and validation loss; train fell
+    loaded = Pix2Pix.from_model(model.save(tmp_path / "m", compute_metrics=False))
+    assert loaded.config["dropout"] is False and loaded.config["mask_loss"] == "bce_dice"
+    chip = data.valid_ds.pairs[0].input
+    assert np.allclose(loaded.predict(chip), model.predict(chip), atol=1e-5)
+    with pytest.raises(ValueError, match="class_balance"):
+        Pix2Pix(data, ngf=8, ndf=8, mask_loss="bce_dice", class_balance=True)
+
+
+def test_mask_options_only_for_mask_targets(ms2pan_data):
+    with pytest.raises(ValueError, match="mask_loss"):
+        Pix2Pix(ms2pan_data, ngf=8, ndf=8, mask_loss="bce_dice")
 
 
 def test_class_balance_only_for_mask_targets(ms2pan_data):

@@ -13,9 +13,9 @@ address, laid out like the source's copy: ``banepa/oam/OAM-<x>-<y>-19.tif`` (+ `
 ``banepa/osm_features_ac7e343eb1faacd2.geojson``, ``banepa/stac-item.json``. Files from a
 folder are checked against the same hashes before they are copied into the cache.
 
-From the tiles, :func:`build` makes what the workflow uses, once: a GeoTIFF mosaic at 0.5 m in
-UTM zone 45N (EPSG:32645; rasterio merge, then a warp with average resampling, nodata 0 kept)
-and the footprints as a GeoPackage in its CRS, clipped to it.
+From the tiles, :func:`build` makes what the workflow uses, once per ground pixel size: a GeoTIFF
+mosaic (0.5 m by default) in UTM zone 45N (EPSG:32645; rasterio merge, then a warp with average
+resampling, nodata 0 kept) and the footprints as a GeoPackage in its CRS, clipped to it.
 
 This sits at the bottom of the package beside :mod:`toolkit.datasets`, which imports it only
 when this sample is asked for (so ``datasets`` itself runs on the standard library alone).
@@ -43,9 +43,11 @@ FOOTPRINTS = "osm_features_ac7e343eb1faacd2.geojson"
 STAC_ITEM = "stac-item.json"
 
 CRS = "EPSG:32645"  # UTM zone 45N, the local zone
-RESOLUTION = 0.5  # metres
+RESOLUTION = 0.5  # metres, the default
 MOSAIC = "banepa_0.5m_utm45n.tif"
 FOOTPRINTS_GPKG = "banepa_footprints_utm45n.gpkg"
+# the tiles' own ground pixel (about 0.13 m): a finer mosaic would only interpolate
+FINEST, COARSEST = 0.15, 10.0
 # what the built files are made by: a new recipe gets new file names, never a stale mosaic
 RECIPE = "mosaic v1: merge, warp to EPSG:32645 at 0.5 m, average resampling, nodata 0"
 
@@ -137,23 +139,39 @@ def _copy_verified(source: Path, target: Path, expected: str, error: type[Except
         shutil.copyfile(source, tmp)
 
 
-def build(raw: Path, out: Path) -> dict[str, Path]:
-    """The mosaic and the footprints in ``out`` from the verified files in ``raw`` (built once:
-    files already there are returned). Each is written to a temporary name and moved into place.
+def check_resolution(resolution) -> float:
+    """``resolution`` as a float, or ``ValueError`` unless it is a number of metres from
+    ``FINEST`` to ``COARSEST``."""
+    import numbers
+
+    if (isinstance(resolution, bool) or not isinstance(resolution, numbers.Real)
+            or not FINEST <= resolution <= COARSEST):
+        raise ValueError(f"resolution is the mosaic's ground pixel size in metres, from {FINEST} (the "
+                         f"tiles are about 0.13 m) to {COARSEST}; got {resolution!r}.")
+    return float(resolution)
+
+
+def build(raw: Path, out: Path, resolution: float = RESOLUTION) -> dict[str, Path]:
+    """The mosaic (``resolution`` metres per pixel) and the footprints in ``out`` from the verified
+    files in ``raw`` (built once per resolution: files already there are returned). Each is
+    written to a temporary name and moved into place.
 
     Returns:
         ``{"image": mosaic GeoTIFF, "footprints": GeoPackage, "tiles": raw/oam, "metadata": STAC item}``.
     """
-    paths = {"image": out / MOSAIC, "footprints": out / FOOTPRINTS_GPKG, "tiles": raw / "oam",
-             "metadata": raw / STAC_ITEM}
+    resolution = check_resolution(resolution)
+    default = resolution == RESOLUTION
+    paths = {"image": out / (MOSAIC if default else f"banepa_{resolution:g}m_utm45n.tif"),
+             "footprints": out / (FOOTPRINTS_GPKG if default else f"banepa_footprints_utm45n_{resolution:g}m.gpkg"),
+             "tiles": raw / "oam", "metadata": raw / STAC_ITEM}
     if not paths["image"].is_file():
-        _write_mosaic(sorted((raw / "oam").glob("*.tif")), paths["image"])
+        _write_mosaic(sorted((raw / "oam").glob("*.tif")), paths["image"], resolution)
     if not paths["footprints"].is_file():
         _write_footprints(raw / FOOTPRINTS, paths["image"], paths["footprints"])
     return paths
 
 
-def _write_mosaic(tiles: list[Path], path: Path) -> None:
+def _write_mosaic(tiles: list[Path], path: Path, resolution: float) -> None:
     import numpy as np
     import rasterio
     from rasterio.merge import merge
@@ -174,7 +192,7 @@ def _write_mosaic(tiles: list[Path], path: Path) -> None:
     left, top = transform.c, transform.f
     right, bottom = left + width * transform.a, top + height * transform.e
     dst_transform, dst_width, dst_height = calculate_default_transform(
-        crs, CRS, width, height, left=left, bottom=bottom, right=right, top=top, resolution=RESOLUTION)
+        crs, CRS, width, height, left=left, bottom=bottom, right=right, top=top, resolution=resolution)
     mosaic = np.zeros((bands, dst_height, dst_width), dtype=data.dtype)
     reproject(data, mosaic, src_transform=transform, src_crs=crs, src_nodata=0, dst_transform=dst_transform,
               dst_crs=CRS, dst_nodata=0, resampling=Resampling.average)
@@ -185,7 +203,7 @@ def _write_mosaic(tiles: list[Path], path: Path) -> None:
     with atomic_file(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(mosaic)
-            dst.update_tags(SOURCE=BASE_URL, RECIPE=RECIPE, CREDIT=CREDIT)
+            dst.update_tags(SOURCE=BASE_URL, RECIPE=RECIPE.replace("0.5 m", f"{resolution:g} m"), CREDIT=CREDIT)
 
 
 def _write_footprints(geojson: Path, mosaic: Path, path: Path) -> None:

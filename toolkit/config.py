@@ -320,7 +320,10 @@ class Pix2PixConfig(StageConfig):
     lambda_l1: float = setting(100.0, "weight of the L1 term", low=0)
     gan_weight: float = setting(1.0, "weight of the adversarial term (0: a plain L1 U-Net)", low=0)
     norm: Literal["batch", "instance"] = setting("batch", "normalisation layers")
+    dropout: bool = setting(True, "Dropout 0.5 in the U-Net's inner up blocks (the paper's)")
     class_balance: bool = setting(False, "on class masks: L1 weighted by the classes' shares")
+    mask_loss: Literal["l1", "bce_dice"] = setting("l1", "on class masks: the paper's L1 (class-balanced with "
+                                                    "class_balance) or cross-entropy plus Dice")
     backbone: str | None = setting(None, "a torchvision encoder for the U-Net", cli=False)
     recipe: Literal["paper", "arcgis"] = setting("paper", "'arcgis': arcgis.learn 2.4.4's networks and "
                                                  "training", cli=False)

@@ -140,7 +140,7 @@ def cache_dir() -> Path:
 
 
 def fetch(name: str, *, data_dir: str | os.PathLike | None = None,
-          mirror: str | os.PathLike | None = None) -> Sample:
+          mirror: str | os.PathLike | None = None, resolution: float | None = None) -> Sample:
     """Make sample ``name`` available on disk and return its files by role.
 
     Args:
@@ -150,6 +150,8 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None,
             the files laid out as ``banepa/oam/...`` (default ``$TOOLKIT_DATA_MIRROR``); files
             from it are checked against the same SHA-256 as downloads. Without one the files are
             downloaded from their pinned public addresses.
+        resolution: for ``"banepa_buildings"``: the mosaic's ground pixel size in metres
+            (default 0.5; from 0.15, the tiles being about 0.13 m), built once per size.
 
     Returns:
         A :class:`Sample`: ``{role: path}``, e.g. ``{"image": .../sample_geotiff.tif,
@@ -168,10 +170,13 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None,
     if name in _REMOTE:
         source = _remote(name)
         mirror = mirror if mirror is not None else (os.environ.get(source.MIRROR_ENV) or None)
+        if resolution is not None:
+            source.check_resolution(resolution)  # before anything is fetched
         raw = source.fetch_files(folder / "raw", mirror, SampleDataError)
-        return Sample(name, source.build(raw, folder), source.CREDIT)
-    if mirror is not None:
-        raise ValueError(f"mirror= applies to the downloaded samples ({', '.join(_REMOTE)}); "
+        return Sample(name, source.build(raw, folder, *([] if resolution is None else [resolution])),
+                      source.CREDIT)
+    if mirror is not None or resolution is not None:
+        raise ValueError(f"mirror= and resolution= apply to the downloaded samples ({', '.join(_REMOTE)}); "
                          f"{name!r} comes from the {WHEEL_NAME} wheel (TOOLKIT_DATA names its folder).")
     members = _SAMPLES[name]
     paths = {key: folder / Path(member).name for key, member in members.items()}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,13 +44,12 @@ from toolkit.models.emd_schema import check_config, check_state_fits, check_weig
 from toolkit.models.gan import loss_metrics
 from toolkit.models.model_folder import model_emd, read_model_folder, write_model_folder
 from toolkit.models.networks import init_weights
-from toolkit.models.training import Training
+from toolkit.models.training import Training, adam
 from toolkit.models.translation import Translation, run_network, size_tuple
 
 with quiet_import():
     from fastai.callback.fp16 import MixedPrecision
     from fastai.learner import Learner
-    from fastai.optimizer import Adam
     from fastai.torch_core import default_device
 
 __all__ = ["MODEL_TYPES", "Translation", "TranslationModel", "model_class", "register"]
@@ -205,8 +203,7 @@ class TranslationModel(Training):
                 for net in self.networks.values():
                     net.to(memory_format=torch.channels_last)
             self.learn = Learner(data, self._learner_model(), loss_func=self._loss_func(),
-                                 opt_func=partial(Adam, mom=self._adam_betas()[0], sqr_mom=self._adam_betas()[1],
-                                                  eps=1e-8, wd=0.0),
+                                 opt_func=adam(self._adam_betas(), self.device),
                                  wd=0.0, lr=self.default_lr, metrics=loss_metrics(self.trainer), cbs=cbs,
                                  path=self.models_dir.parent, model_dir=self.models_dir.name)
         for net in self.networks.values():

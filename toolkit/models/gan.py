@@ -158,7 +158,7 @@ class GANTrainer(DiscriminatorStep):
     loss_names = ("gen_loss", "l1_loss", "d_loss")
 
     def __init__(self, discriminator: nn.Module, *, lambda_l1: float = 100.0, gan_weight: float = 1.0,
-                 betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False,
+                 betas: tuple[float, float] = (0.5, 0.999), class_balance: bool = False, mask_loss: str = "l1",
                  perceptual: PerceptualLoss | DiscriminatorFeatureLoss | None = None, lambda_perceptual: float = 10.0) -> None:
         if perceptual is not None:  # recorded too: set before the base makes epoch_losses
             self.loss_names = (*GANTrainer.loss_names, "perceptual_loss")
@@ -166,7 +166,7 @@ class GANTrainer(DiscriminatorStep):
         self.discriminator = discriminator
         self.lambda_l1 = lambda_l1
         self.gan_weight = gan_weight
-        self.l1 = balanced_l1 if class_balance else F.l1_loss
+        self.l1 = bce_dice if mask_loss == "bce_dice" else balanced_l1 if class_balance else F.l1_loss
         self.perceptual = perceptual
         self.lambda_perceptual = lambda_perceptual
 
@@ -348,6 +348,20 @@ def _mse(logits: torch.Tensor, real: bool) -> torch.Tensor:
 
 def _plain_tensor(x):
     return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) and type(x) is not torch.Tensor else x
+
+
+def bce_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The segmentation loss for mask targets (one band per class: +1 in the class, -1
+    elsewhere): binary cross-entropy plus soft Dice (1 - Dice of each band over the batch,
+    averaged), the generator's Tanh output read as a score ``(pred + 1) / 2``, which is the
+    sigmoid of twice its input. Dice weighs a band by its overlap, not by its pixel count, so
+    thin and sparse classes (an outline band) count as much as the rest without weights."""
+    score = ((pred.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)  # float32, also under mixed precision
+    truth = (target > 0).float()
+    bce = F.binary_cross_entropy(score, truth)
+    dims = (0, 2, 3)
+    dice = (2 * (score * truth).sum(dims) + 1) / (score.sum(dims) + truth.sum(dims) + 1)
+    return bce + (1 - dice).mean()
 
 
 def balanced_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -73,11 +73,16 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
         lambda_l1: weight of the L1 term (100 in the paper).
         gan_weight: weight of the adversarial term; 0 gives a plain L1 U-Net (the baseline).
         norm: ``"batch"`` (the paper) or ``"instance"``.
+        dropout: Dropout 0.5 in the U-Net's up blocks of ``ngf * 8`` filters outside the innermost
+            one (the paper's; only while training). ``False`` for a plain segmentation U-Net.
         class_balance: mask targets (Classified_Tiles) only: in the L1 term, each class's band
             weighs its class's pixels half and the rest half, shared equally by the other classes
             (:func:`toolkit.models.gan.balanced_l1`), and report that as ``valid_loss``. For
             sparse classes such as buildings, where the paper's L1 favours predicting background
             everywhere.
+        mask_loss: mask targets only: ``"l1"`` (the paper's; class-balanced with
+            ``class_balance``) or ``"bce_dice"``: binary cross-entropy plus soft Dice per class
+            band (:func:`toolkit.models.gan.bce_dice`), the usual loss of segmentation networks.
         mixed_precision: ``None`` = on when training on CUDA (bf16 where supported, else fp16).
         recipe: ``"paper"`` (default): Isola et al.'s recipe (nested U-Net with BatchNorm, BCE
             GAN loss, Adam betas (0.5, 0.999), mean ± 3 std band scaling). ``"arcgis"``: what
@@ -103,7 +108,8 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
                  backbone: str | None = _DEFAULTS.backbone, perceptual_loss: bool | str | os.PathLike = False, *,
                  lambda_perceptual: float | None = None, ngf: int = _DEFAULTS.ngf, ndf: int = _DEFAULTS.ndf,
                  lambda_l1: float = _DEFAULTS.lambda_l1, gan_weight: float = _DEFAULTS.gan_weight,
-                 norm: str = _DEFAULTS.norm, class_balance: bool = _DEFAULTS.class_balance,
+                 norm: str = _DEFAULTS.norm, dropout: bool = _DEFAULTS.dropout,
+                 class_balance: bool = _DEFAULTS.class_balance, mask_loss: str = _DEFAULTS.mask_loss,
                  backbone_weights: str | os.PathLike | None = None, mixed_precision: bool | None = None,
                  recipe: str = _DEFAULTS.recipe, working_dir: str | os.PathLike | None = None) -> None:
         if data is None:
@@ -112,7 +118,8 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
         Pix2PixConfig(backbone=backbone, ngf=ngf, ndf=ndf, lambda_l1=lambda_l1, gan_weight=gan_weight,  # checks
-                      norm=norm, class_balance=bool(class_balance), recipe=recipe)
+                      norm=norm, dropout=bool(dropout), class_balance=bool(class_balance), mask_loss=mask_loss,
+                      recipe=recipe)
         self._perceptual = None
         kind = "discriminator" if perceptual_loss is True else None
         if kind is None and perceptual_loss is not False and perceptual_loss is not None:
@@ -128,6 +135,12 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
         if data.dataset_type not in DATASET_TYPES:
             raise ValueError(f"{data.path}: Pix2Pix trains on pairs (dataset_type {list(DATASET_TYPES)}); "
                              f"this data is {data.dataset_type!r} (unpaired domains: use CycleGAN).")
+        if mask_loss != "l1" and data.dataset_type != CLASSIFIED_TILES:
+            raise ValueError(f"mask_loss={mask_loss!r} scores class masks; this data's target is an image "
+                             "(dataset_type 'Pix2Pix').")
+        if mask_loss != "l1" and class_balance:
+            raise ValueError(f"class_balance weighs the classes in the L1 term; mask_loss={mask_loss!r} "
+                             "has no L1 term (Dice already weighs each class by its overlap).")
         if class_balance and data.dataset_type != CLASSIFIED_TILES:
             raise ValueError("class_balance weighs the classes of a mask target; this data's target "
                              "is an image (dataset_type 'Pix2Pix').")
@@ -137,8 +150,8 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
             "chip_size": list(size) if isinstance(size, tuple) else size,
             "dataset_type": data.dataset_type, "backbone": backbone,
             "depth": None if backbone else unet_depth(size), "ngf": ngf, "ndf": ndf,
-            "norm": norm, "lambda_l1": lambda_l1, "gan_weight": gan_weight,
-            "class_balance": bool(class_balance),
+            "norm": norm, "dropout": bool(dropout), "lambda_l1": lambda_l1, "gan_weight": gan_weight,
+            "class_balance": bool(class_balance), "mask_loss": mask_loss,
             "perceptual_loss": kind is not None, "perceptual_kind": kind,
             "lambda_perceptual": float(lambda_perceptual if lambda_perceptual is not None
                                        else 1.0 if kind == "discriminator" else 10.0),
@@ -177,7 +190,8 @@ class Pix2Pix(Pix2PixSpec, TranslationModel):
         perceptual = (DiscriminatorFeatureLoss(self.discriminator) if c.get("perceptual_kind") == "discriminator"
                       else getattr(self, "_perceptual", None))
         return GANTrainer(self.discriminator, lambda_l1=c["lambda_l1"], gan_weight=c["gan_weight"],
-                          class_balance=c.get("class_balance", False), perceptual=perceptual,
+                          class_balance=c.get("class_balance", False), mask_loss=c.get("mask_loss", "l1"),
+                          perceptual=perceptual,
                           lambda_perceptual=c.get("lambda_perceptual", 10.0))
 
     def _learner_model(self) -> nn.Module:

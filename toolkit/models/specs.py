@@ -73,6 +73,8 @@ class Pix2PixSpec(ModelSpec):
         "lambda_l1": Rule("a number >= 0", lambda v: number(v, low=0)),
         "gan_weight": Rule("a number >= 0", lambda v: number(v, low=0)),
         "class_balance": Rule("true or false", lambda v: isinstance(v, bool), required=False),
+        "dropout": Rule("true or false", lambda v: isinstance(v, bool), required=False),
+        "mask_loss": Rule("'l1' or 'bce_dice'", lambda v: v in ("l1", "bce_dice"), required=False),
         "perceptual_loss": Rule("true or false", lambda v: isinstance(v, bool), required=False),
         "lambda_perceptual": Rule("a number >= 0", lambda v: number(v, low=0), required=False),
         "recipe": Rule("'paper' or 'arcgis'", lambda v: v in ("paper", "arcgis"), required=False),
@@ -93,7 +95,8 @@ class Pix2PixSpec(ModelSpec):
             generator = backbone_generator(config["backbone"], n_in, n_out, size_tuple(config["chip_size"]),
                                            weights=backbone_weights)
         else:
-            generator = UNetGenerator(n_in, n_out, depth=config["depth"], ngf=config["ngf"], norm=config["norm"])
+            generator = UNetGenerator(n_in, n_out, depth=config["depth"], ngf=config["ngf"], norm=config["norm"],
+                                      dropout=config.get("dropout", True))
         return {"generator": generator,
                 "discriminator": PatchDiscriminator(n_in + n_out, ndf=config["ndf"], norm=config["norm"])}
 
