@@ -182,7 +182,8 @@ def test_the_arcgis_recipe_saves_what_arcgis_learn_saves(arcgis_fixtures, rotter
     torch.manual_seed(0)
     data = prepare_data(rotterdam_pairs, batch_size=8, seed=0, working_dir=tmp_path)
     model = Pix2Pix(data, recipe="arcgis")
-    assert model.data.input_norm.scaling == "minmax" and model.learn.opt_func.keywords["sqr_mom"] == 0.99
+    model.learn.create_opt()
+    assert model.data.input_norm.scaling == "minmax" and model.learn.opt.opt.param_groups[0]["betas"] == (0.5, 0.99)
     model.fit(1, 2e-4, checkpoint=False)
     assert all(np.isfinite(model.history[0][k]) for k in ("gen_loss", "l1_loss", "d_loss"))
     folder = model.save("arcgis_recipe").parent
