@@ -17,7 +17,7 @@ scene with predict_raster (test-time augmentation), vectorize the footprints (to
 separated along the outline class), score them against the truth, and compare the ways of making
 footprints in both areas (metrics.json "held_out_by_method", "training_area_by_method").
 
-CPU-sized settings by default (about 14 minutes on 2 cores); the paper's sizes on a GPU.
+CPU-sized settings by default (about 11 minutes on 2 cores); the paper's sizes on a GPU.
 Writes: show_batch.png, show_results.png, loss_graph.png, footprints.png, prediction.tif,
 footprints.gpkg, metrics.json and the saved model folder model/.
 """
@@ -52,8 +52,8 @@ from toolkit.viz import plot_footprints  # noqa: E402
 # the model has not seen"): within the demo's 15 minutes on 2 cores, the mosaic at 0.3 m (finer
 # pixels scored better at the same number of training steps: 0.5, 0.4 and 0.3 m in turn), 3 px
 # outlines, 256 px chips every 128 px (77 m of context: more than 128 px chips, at half their
-# time per epoch), the U-Net without the adversarial term (gan_weight 0: the discriminator costs a third
-# of every step and did not raise the held-out scores) trained with cross-entropy plus Dice (the
+# time per epoch), the U-Net without the adversarial term (gan_weight 0: the discriminator costs
+# a third of every step and did not raise the held-out scores) trained with cross-entropy plus Dice (the
 # class-balanced L1 drew outlines too wide) at lr 2e-3, with the default augmentation for masks,
 # kept as trained to the end of its one-cycle schedule (no checkpoints). On a GPU, the paper's
 # sizes and loss.

@@ -173,7 +173,7 @@ def fetch(name: str, *, data_dir: str | os.PathLike | None = None,
         if resolution is not None:
             source.check_resolution(resolution)  # before anything is fetched
         raw = source.fetch_files(folder / "raw", mirror, SampleDataError)
-        return Sample(name, source.build(raw, folder, *([] if resolution is None else [resolution])),
+        return Sample(name, source.build(raw, folder, source.RESOLUTION if resolution is None else resolution),
                       source.CREDIT)
     if mirror is not None or resolution is not None:
         raise ValueError(f"mirror= and resolution= apply to the downloaded samples ({', '.join(_REMOTE)}); "
